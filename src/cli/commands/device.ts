@@ -1,0 +1,159 @@
+/**
+ * `iotgate device provision|revoke|list|show`. Provision and revoke write the CA database in the
+ * certs dir, which a running gateway follows (so both work with and without one). List and show ask
+ * the running gateway (it knows online state); without one they read the CA database.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { Config } from '../../config/schema.js';
+import type { DeviceRecord, CredentialRecord } from '../../core/model.js';
+import { checkDeviceId, provisionDevice } from '../../core/provisioning.js';
+import { listDeviceTypes } from '../../codecs/registry.js';
+import { BUNDLED_SCHEMAS_DIR } from '../../package-info.js';
+import {
+  ensureCa,
+  FileCredentialLedger,
+  loadCaMaterial,
+  PkiAuthority,
+  signServiceToken,
+  writePublicFile,
+  writeSecretFile,
+  type CaMaterial,
+} from '../../pki/index.js';
+import { CliError, cliConfig, gatewayUrl, print, type GlobalOptions } from '../context.js';
+
+async function openCa(config: Config): Promise<{ material: CaMaterial; ledger: FileCredentialLedger }> {
+  await ensureCa(config.certs.dir, { hostnames: [...config.certs.hostnames] });
+  const material = await loadCaMaterial(config.certs.dir);
+  return { material, ledger: new FileCredentialLedger(config.certs.dir, material) };
+}
+
+export async function deviceProvision(
+  id: string,
+  opts: GlobalOptions & { type?: string; out?: string; keyType?: string },
+): Promise<void> {
+  const config = cliConfig(opts);
+  const keyType = opts.keyType ?? 'rsa';
+  if (keyType !== 'rsa' && keyType !== 'ec') throw new CliError(`--key-type ${JSON.stringify(keyType)}: expected rsa or ec`, 2);
+  const { material, ledger } = await openCa(config);
+  const types = listDeviceTypes(config.schemas.dir || BUNDLED_SCHEMAS_DIR);
+  const result = await provisionDevice(
+    { ca: new PkiAuthority(material, { deviceCertDays: config.certs.deviceCertDays }), ledger, isKnownType: (t) => types.has(t) },
+    { id, type: opts.type ?? 'generic', keyType },
+  );
+  const out = resolve(opts.out ?? '.');
+  await mkdir(out, { recursive: true });
+  const files = { key: join(out, `${id}.key`), cert: join(out, `${id}.crt`), ca: join(out, 'ca.crt') };
+  await writeSecretFile(files.key, result.privateKeyPem ?? '');
+  await writePublicFile(files.cert, result.certificate.certificatePem);
+  await writePublicFile(files.ca, material.caCertPem);
+  const json = {
+    id,
+    type: result.record.type,
+    token: result.token,
+    ...files,
+    serial: result.certificate.serial,
+    notAfter: result.certificate.notAfter,
+  };
+  print(
+    opts,
+    json,
+    [
+      `provisioned ${id} (type ${json.type}, serial ${json.serial}, valid until ${json.notAfter})`,
+      `  key:  ${files.key}`,
+      `  cert: ${files.cert}`,
+      `  ca:   ${files.ca}`,
+      `  token: ${result.token}`,
+    ].join('\n'),
+  );
+}
+
+export async function deviceRevoke(id: string, opts: GlobalOptions): Promise<void> {
+  const config = cliConfig(opts);
+  checkDeviceId(id);
+  const { ledger } = await openCa(config);
+  const existing = await ledger.get(id);
+  if (!existing) throw new CliError(`device ${id} is not known`);
+  if (existing.revokedAt !== null) {
+    print(opts, { id, revoked: true, revokedAt: new Date(existing.revokedAt).toISOString(), already: true }, `${id} was already revoked`);
+    return;
+  }
+  const revoked = await ledger.revoke(id, Date.now());
+  const at = new Date(revoked?.revokedAt ?? Date.now()).toISOString();
+  print(opts, { id, revoked: true, revokedAt: at, serial: existing.serial }, `revoked ${id} (serial ${existing.serial ?? '-'}) at ${at}`);
+}
+
+type Listed = Pick<DeviceRecord, 'id' | 'type' | 'online' | 'protocol' | 'lastSeen' | 'certificate'> & { source: 'gateway' | 'certs' };
+
+/** Asks the running gateway (short-lived admin JWT minted from the certs dir); null when none answers. */
+async function askGateway<T>(config: Config, opts: GlobalOptions, material: CaMaterial, path: string): Promise<{ status: number; body: T } | null> {
+  const base = gatewayUrl(config, opts);
+  if (!base) return null;
+  const { token } = signServiceToken(material, { sub: 'iotgate-cli', scope: 'devices:read', ttlSeconds: 60 });
+  try {
+    const res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(3000) });
+    return { status: res.status, body: (await res.json()) as T };
+  } catch (e) {
+    if (opts.url) throw new CliError(`cannot reach the gateway at ${base}: ${(e as Error).cause instanceof Error ? ((e as Error).cause as Error).message : (e as Error).message}`);
+    return null;
+  }
+}
+
+function fromLedger(r: CredentialRecord): Listed {
+  return {
+    id: r.id,
+    type: r.type,
+    online: false,
+    protocol: null,
+    lastSeen: null,
+    certificate: r.serial && r.notAfter ? { serial: r.serial, notAfter: r.notAfter } : null,
+    source: 'certs',
+  };
+}
+
+function line(d: Listed): string {
+  const seen = d.lastSeen ? new Date(d.lastSeen).toISOString() : '-';
+  return [d.id, d.type, d.online ? 'online' : 'offline', d.protocol ?? '-', seen, d.certificate?.serial ?? '-', d.certificate?.notAfter ?? '-'].join('\t');
+}
+
+const HEADER = ['ID', 'TYPE', 'STATUS', 'PROTOCOL', 'LAST SEEN', 'CERT SERIAL', 'NOT AFTER'].join('\t');
+
+export async function deviceList(opts: GlobalOptions): Promise<void> {
+  const config = cliConfig(opts);
+  const { material, ledger } = await openCa(config);
+  let devices: Listed[] | null = null;
+  let cursor: string | null = null;
+  const all: Listed[] = [];
+  for (;;) {
+    const page: { status: number; body: { items: DeviceRecord[]; nextCursor: string | null } } | null = await askGateway(
+      config,
+      opts,
+      material,
+      `/v1/devices?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`,
+    );
+    if (!page || page.status !== 200) break;
+    all.push(...page.body.items.map((d) => ({ ...d, source: 'gateway' as const })));
+    cursor = page.body.nextCursor;
+    if (!cursor) {
+      devices = all;
+      break;
+    }
+  }
+  devices ??= (await ledger.list()).filter((r) => r.revokedAt === null).map(fromLedger).sort((a, b) => (a.id < b.id ? -1 : 1));
+  print(opts, { devices }, [HEADER, ...devices.map(line)].join('\n'));
+}
+
+export async function deviceShow(id: string, opts: GlobalOptions): Promise<void> {
+  const config = cliConfig(opts);
+  checkDeviceId(id);
+  const { material, ledger } = await openCa(config);
+  const answer = await askGateway<DeviceRecord>(config, opts, material, `/v1/devices/${encodeURIComponent(id)}`);
+  let device: Listed | null = null;
+  if (answer?.status === 200) device = { ...answer.body, source: 'gateway' };
+  else if (answer === null) {
+    const r = await ledger.get(id);
+    if (r && r.revokedAt === null) device = fromLedger(r);
+  }
+  if (!device) throw new CliError(`device ${id} is not known`);
+  print(opts, device, [HEADER, line(device)].join('\n'));
+}

@@ -1,0 +1,82 @@
+/**
+ * The running gateway's view of the CA database: an in-memory index of every device's current
+ * credentials, kept in step with the ledger (which the CLI may write from another process). Token
+ * and certificate checks on the hot path are synchronous map look-ups.
+ */
+import { EventEmitter } from 'node:events';
+import type { CertificateAuthority, CredentialLedger } from './ports.js';
+import type { CredentialRecord } from './model.js';
+
+export interface CredentialEvents {
+  /** A device's credentials were revoked (by REST, the CLI, or another gateway). */
+  revoked: [record: CredentialRecord];
+  /** A device was issued credentials (new or re-provisioned). */
+  issued: [record: CredentialRecord];
+}
+
+export class CredentialIndex extends EventEmitter<CredentialEvents> {
+  private readonly records = new Map<string, CredentialRecord>();
+  private stopWatch: (() => void) | null = null;
+  private readyResolve: (() => void) | null = null;
+  /** Resolves once the first full read of the ledger is applied. */
+  readonly ready: Promise<void>;
+
+  constructor(
+    private readonly ca: CertificateAuthority,
+    private readonly ledger: CredentialLedger,
+  ) {
+    super();
+    this.ready = new Promise((resolve) => {
+      this.readyResolve = resolve;
+    });
+  }
+
+  /** Starts following the ledger; revocations written elsewhere apply within `intervalMs`. */
+  start(intervalMs: number): void {
+    this.stopWatch = this.ledger.watch((changed) => {
+      for (const r of changed) this.apply(r);
+      this.readyResolve?.();
+      this.readyResolve = null;
+    }, intervalMs);
+  }
+
+  stop(): void {
+    this.stopWatch?.();
+    this.stopWatch = null;
+  }
+
+  /** Applies one record now (the writer in this process does not wait for the next poll). */
+  apply(record: CredentialRecord): void {
+    const previous = this.records.get(record.id);
+    this.records.set(record.id, record);
+    if (record.revokedAt !== null) {
+      if (!previous || previous.revokedAt === null || previous.revokedAt !== record.revokedAt) this.emit('revoked', record);
+    } else if (!previous || previous.tokenId !== record.tokenId || previous.revokedAt !== null) {
+      this.emit('issued', record);
+    }
+  }
+
+  get(id: string): CredentialRecord | undefined {
+    return this.records.get(id);
+  }
+
+  /** All live (not revoked) records. */
+  live(): CredentialRecord[] {
+    return [...this.records.values()].filter((r) => r.revokedAt === null);
+  }
+
+  /** The device id a token authenticates, or null (bad MAC, unknown, superseded or revoked). */
+  authenticateToken(token: string): string | null {
+    const parsed = this.ca.parseDeviceToken(token);
+    if (!parsed) return null;
+    const record = this.records.get(parsed.deviceId);
+    if (!record || record.revokedAt !== null || record.tokenId !== parsed.tokenId) return null;
+    return parsed.deviceId;
+  }
+
+  /** Is this certificate (already verified to chain to our CA) the device's current, unrevoked one? */
+  acceptsCertificate(deviceId: string, serial: string): boolean {
+    const record = this.records.get(deviceId);
+    return record !== undefined && record.revokedAt === null && record.serial === serial;
+  }
+}

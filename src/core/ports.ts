@@ -1,0 +1,85 @@
+/**
+ * Ports: what core needs from the outside world. Each has a memory implementation (and Redis in
+ * its own issue), and each ships a contract suite in test/contracts/ that every implementation runs.
+ */
+import type { CertificateInfo, CredentialRecord, DeviceRecord } from './model.js';
+
+export interface DeviceListQuery {
+  type?: string;
+  online?: boolean;
+  /** 1..1000 */
+  limit: number;
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor?: string;
+}
+
+export interface DevicePage {
+  items: DeviceRecord[];
+  nextCursor: string | null;
+}
+
+/** Device registry: one record per known device, listed in id order. */
+export interface DeviceRegistry {
+  get(id: string): Promise<DeviceRecord | null>;
+  /** Inserts a new record; resolves false (and changes nothing) when the id exists. */
+  create(record: DeviceRecord): Promise<boolean>;
+  /** Applies a partial change; resolves the new record, or null when the id is unknown. */
+  update(id: string, patch: Partial<Omit<DeviceRecord, 'id'>>): Promise<DeviceRecord | null>;
+  /** Resolves true when a record was removed. */
+  delete(id: string): Promise<boolean>;
+  /** Pages through devices in ascending id order, filtered by type and online. */
+  list(query: DeviceListQuery): Promise<DevicePage>;
+  close(): Promise<void>;
+}
+
+/** A certificate the CA issued. */
+export interface IssuedCertificate extends CertificateInfo {
+  certificatePem: string;
+}
+
+/** A freshly minted device token and the id that the ledger records for it. */
+export interface MintedToken {
+  token: string;
+  tokenId: string;
+}
+
+/**
+ * The certificate authority (src/pki implements it with node-forge / @peculiar/x509 over the
+ * certs dir). Pure crypto: it records nothing; callers store the result in the CredentialLedger.
+ */
+export interface CertificateAuthority {
+  readonly caCertificatePem: string;
+  /**
+   * Verifies a PKCS#10 CSR (PEM; RSA or P-256; self-signature valid; subject CN equal to `id`)
+   * and issues a device certificate (CN = id, OU = type). Throws GatewayError `csr_invalid` with
+   * the reason.
+   */
+  issueFromCsr(csrPem: string, device: { id: string; type: string }): Promise<IssuedCertificate>;
+  /** Generates a key pair and issues a certificate for it (operator provisioning). */
+  issueWithKey(
+    device: { id: string; type: string },
+    opts?: { keyType?: 'rsa' | 'ec' },
+  ): Promise<IssuedCertificate & { privateKeyPem: string }>;
+  /** A new device token bound to `deviceId`. */
+  mintDeviceToken(deviceId: string): MintedToken;
+  /** Checks a token's integrity (not revocation); null when it is not one of ours. */
+  parseDeviceToken(token: string): { deviceId: string; tokenId: string } | null;
+}
+
+/**
+ * The CA database: one credential record per device id, shared between the CLI and a running
+ * gateway (files in the certs dir now; Redis in its own issue). Revocation writes the CRL too.
+ */
+export interface CredentialLedger {
+  get(id: string): Promise<CredentialRecord | null>;
+  /** Writes (creates or replaces) a record. */
+  put(record: CredentialRecord): Promise<void>;
+  /** Marks the record revoked (keeps it for the CRL); resolves it, or null when unknown. */
+  revoke(id: string, at: number): Promise<CredentialRecord | null>;
+  list(): Promise<CredentialRecord[]>;
+  /**
+   * Calls `onChange` with every record that changed since the last call, also when another
+   * process wrote them; the first call delivers every record. Returns a stop function.
+   */
+  watch(onChange: (changed: CredentialRecord[]) => void, intervalMs: number): () => void;
+}

@@ -1,0 +1,211 @@
+/**
+ * buildGateway(config) → { start, stop, addresses }: wires config, logging, PKI, stores, core
+ * services and every door (REST, MQTT, CoAP). Tests call this; main.ts adds signals and exit codes.
+ */
+import type { Server } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import type { Config } from './config/schema.js';
+import { createLogger, type Logger } from './log.js';
+import { PACKAGE_VERSION, BUNDLED_SCHEMAS_DIR } from './package-info.js';
+import { listDeviceTypes } from './codecs/registry.js';
+import { CredentialIndex } from './core/credentials.js';
+import { DeviceService } from './core/devices.js';
+import type { DeviceRegistry } from './core/ports.js';
+import { MemoryDeviceRegistry } from './stores/memory/registry.js';
+import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, JWT_AUDIENCE, JWT_ISSUER } from './pki/index.js';
+import { buildHttpApp } from './http/app.js';
+import type { ComponentStatus } from './http/routes/health.js';
+import { createMqttBroker, type MqttBroker } from '../protocols/mqtt/broker.js';
+import { listenMqttTcp, listenMqttTls } from '../protocols/mqtt/listeners.js';
+import { bindCoap, type CoapListener } from '../protocols/coap/server.js';
+
+export interface Addresses {
+  http: number;
+  mqtt: number;
+  mqtts: number;
+  coap: number;
+}
+
+export interface Gateway {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly devices: DeviceService;
+  readonly credentials: CredentialIndex;
+  readonly http: FastifyInstance;
+  readonly metrics: Registry;
+  /** Binds every listener and writes the ready line; resolves the bound ports. */
+  start(): Promise<Addresses>;
+  /** Graceful stop: stops accepting, closes sessions, flushes. Idempotent. */
+  stop(): Promise<void>;
+  addresses(): Addresses;
+}
+
+export interface GatewayDeps {
+  log?: Logger;
+  registry?: DeviceRegistry;
+}
+
+export async function buildGateway(config: Config, deps: GatewayDeps = {}): Promise<Gateway> {
+  const log = deps.log ?? createLogger({ level: config.log.level });
+  const certsDir = config.certs.dir;
+
+  const created = await ensureCa(certsDir, { hostnames: [...config.certs.hostnames] });
+  if (created.created) log.info({ certsDir }, 'created a dev CA, server certificate and token secrets (first start)');
+  const material = await loadCaMaterial(certsDir);
+  const ca = new PkiAuthority(material, { deviceCertDays: config.certs.deviceCertDays });
+  const ledger = new FileCredentialLedger(certsDir, material);
+
+  if (config.redis.url !== undefined) {
+    log.warn('redis.url is set but the Redis store is not built yet; state stays in memory');
+  }
+  const registry = deps.registry ?? new MemoryDeviceRegistry();
+  const credentials = new CredentialIndex(ca, ledger);
+  const schemasDir = config.schemas.dir || BUNDLED_SCHEMAS_DIR;
+  const deviceTypes = listDeviceTypes(schemasDir);
+  const devices = new DeviceService({
+    ca,
+    ledger,
+    registry,
+    credentials,
+    isKnownType: (t) => deviceTypes.has(t),
+    log: log.child({ module: 'devices' }),
+  });
+
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics });
+  new Gauge({
+    name: 'iotgate_devices_known',
+    help: 'Devices with live credentials',
+    registers: [metrics],
+    collect() {
+      this.set(credentials.live().length);
+    },
+  });
+  new Gauge({
+    name: 'iotgate_mqtt_clients_connected',
+    help: 'Open MQTT sessions',
+    registers: [metrics],
+    collect() {
+      this.set(broker?.aedes.connectedClients ?? 0);
+    },
+  });
+
+  let state: 'built' | 'starting' | 'running' | 'stopping' | 'stopped' = 'built';
+  let broker: MqttBroker | null = null;
+  let tcp: Server | null = null;
+  let tls: { server: Server; updateCrl(crl: string): void } | null = null;
+  let coap: CoapListener | null = null;
+  let bound: Addresses | null = null;
+
+  const listenerStatus = (up: boolean): ComponentStatus =>
+    state === 'stopping' || state === 'stopped' ? { status: 'stopping' } : up ? { status: 'ok' } : { status: 'starting' };
+
+  const http = await buildHttpApp({
+    log: log.child({ module: 'http' }),
+    version: PACKAGE_VERSION,
+    bodyLimitBytes: config.http.bodyLimitBytes,
+    publicMetrics: config.http.publicMetrics,
+    jwt: { publicKeyPem: material.jwtPublicKeyPem, issuer: JWT_ISSUER, audience: JWT_AUDIENCE },
+    devices,
+    metrics,
+    readiness: async () => ({
+      pki: { status: 'ok' },
+      store: { status: 'ok', detail: 'memory' },
+      credentials: listenerStatus(state === 'running'),
+      mqtt: listenerStatus(tcp?.listening === true),
+      mqtts: listenerStatus(tls?.server.listening === true),
+      coap: listenerStatus(coap !== null),
+    }),
+  });
+
+  const mqttLog = log.child({ module: 'mqtt' });
+  credentials.on('revoked', (record) => {
+    const closed = broker?.disconnectDevice(record.id) ?? 0;
+    if (closed > 0) mqttLog.info({ deviceId: record.id, sessions: closed }, 'closed sessions of a revoked device');
+    loadCaMaterial(certsDir)
+      .then((m) => tls?.updateCrl(m.crlPem))
+      .catch((err: unknown) => log.error({ err }, 'could not reload the CRL'));
+  });
+
+  async function start(): Promise<Addresses> {
+    if (state !== 'built') throw new Error(`gateway cannot start: it is ${state}`);
+    state = 'starting';
+    credentials.start(config.certs.syncIntervalMs);
+    await credentials.ready;
+
+    broker = await createMqttBroker({
+      log: mqttLog,
+      credentials,
+      verifyDeviceCertificate: (der) => verifyDeviceCertificate(der, { caCertPem: material.caCertPem }),
+      verifyServiceToken: (token) => {
+        try {
+          return verifyServiceToken(material.jwtPublicKeyPem, token);
+        } catch {
+          return null;
+        }
+      },
+    });
+    const host = config.host;
+    const httpAddress = await http.listen({ host, port: config.http.port });
+    const mqttTcp = await listenMqttTcp(broker, host, config.mqtt.port);
+    tcp = mqttTcp.server;
+    const crlPem = (await loadCaMaterial(certsDir)).crlPem;
+    const mqttTls = await listenMqttTls(
+      broker,
+      host,
+      config.mqtts.port,
+      { key: material.serverKeyPem, cert: material.serverCertPem, ca: material.caCertPem, crl: crlPem },
+      mqttLog,
+    );
+    tls = mqttTls;
+    coap = await bindCoap(host, config.coap.port);
+
+    bound = {
+      http: Number(new URL(httpAddress).port),
+      mqtt: mqttTcp.port,
+      mqtts: mqttTls.port,
+      coap: coap.port(),
+    };
+    state = 'running';
+    log.info({ ...bound }, 'iotgate ready');
+    return bound;
+  }
+
+  const closeServer = (server: Server | null) =>
+    new Promise<void>((resolve) => (server?.listening ? server.close(() => resolve()) : resolve()));
+
+  let stopping: Promise<void> | null = null;
+  async function stop(): Promise<void> {
+    stopping ??= (async () => {
+      const wasRunning = state === 'running' || state === 'starting';
+      state = 'stopping';
+      credentials.stop();
+      // Stop accepting first, then close sessions and in-flight HTTP requests.
+      const tcpClosed = closeServer(tcp);
+      const tlsClosed = closeServer(tls?.server ?? null);
+      await broker?.close();
+      await Promise.all([tcpClosed, tlsClosed, http.close(), coap?.close()]);
+      await registry.close();
+      state = 'stopped';
+      if (wasRunning) log.info('iotgate stopped');
+      await new Promise<void>((resolve) => log.flush(() => resolve()));
+    })();
+    return stopping;
+  }
+
+  return {
+    config,
+    log,
+    devices,
+    credentials,
+    http,
+    metrics,
+    start,
+    stop,
+    addresses() {
+      if (!bound) throw new Error('gateway is not started');
+      return bound;
+    },
+  };
+}

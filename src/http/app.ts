@@ -1,0 +1,53 @@
+/**
+ * The REST facade: a Fastify instance assembled from plugins (style rule 7). The caller (gateway.ts)
+ * owns listening and closing.
+ */
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import { randomUUID } from 'node:crypto';
+import type { DeviceService } from '../core/devices.js';
+import { authPlugin } from './plugins/auth.js';
+import { errorsPlugin } from './plugins/errors.js';
+import { openapiPlugin } from './plugins/openapi.js';
+import { httpMetricsPlugin } from './plugins/metrics.js';
+import { healthRoutes, type ReadinessProbe } from './routes/health.js';
+import { deviceRoutes } from './routes/v1/devices.js';
+
+export interface HttpAppDeps {
+  log: Logger;
+  version: string;
+  bodyLimitBytes: number;
+  publicMetrics: boolean;
+  jwt: { publicKeyPem: string; issuer: string; audience: string };
+  devices: DeviceService;
+  metrics: Registry;
+  readiness: ReadinessProbe;
+}
+
+export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({
+    loggerInstance: deps.log as FastifyBaseLogger,
+    bodyLimit: deps.bodyLimitBytes,
+    requestIdHeader: 'x-request-id',
+    genReqId: () => randomUUID(),
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 256 },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+  });
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  await app.register(errorsPlugin);
+  await app.register(authPlugin, {
+    jwtPublicKeyPem: deps.jwt.publicKeyPem,
+    issuer: deps.jwt.issuer,
+    audience: deps.jwt.audience,
+  });
+  await app.register(httpMetricsPlugin, { registry: deps.metrics });
+  await app.register(openapiPlugin, { version: deps.version });
+  await app.register(healthRoutes, { readiness: deps.readiness, metrics: deps.metrics, publicMetrics: deps.publicMetrics });
+  await app.register(deviceRoutes, { devices: deps.devices });
+  return app;
+}

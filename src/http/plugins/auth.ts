@@ -1,0 +1,78 @@
+/**
+ * Service authentication for REST (contract §2, §8): `Authorization: Bearer <service JWT>`,
+ * verified by @fastify/jwt (fast-jwt) with the algorithm, issuer and audience pinned, `exp` and
+ * `sub` required. 401 for a missing or invalid token, 403 for a valid token without the scope.
+ */
+import fp from 'fastify-plugin';
+import fastifyJwt from '@fastify/jwt';
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
+import { GatewayError } from '../../core/errors.js';
+import type { Scope } from '../../core/model.js';
+
+export interface ServiceUser {
+  sub: string;
+  scopes: ReadonlySet<string>;
+}
+
+declare module '@fastify/jwt' {
+  interface FastifyJWT {
+    payload: { sub?: unknown; scope?: unknown };
+    user: ServiceUser;
+  }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** onRequest hook: a service JWT that grants `scope` (or `admin`). */
+    requireScope(scope: Scope): onRequestAsyncHookHandler;
+  }
+}
+
+export interface AuthOptions {
+  jwtPublicKeyPem: string;
+  issuer: string;
+  audience: string;
+}
+
+export function hasScope(user: ServiceUser, scope: Scope): boolean {
+  return user.scopes.has(scope) || user.scopes.has('admin');
+}
+
+export const authPlugin = fp<AuthOptions>(
+  async (app: FastifyInstance, opts) => {
+    await app.register(fastifyJwt, {
+      secret: { public: opts.jwtPublicKeyPem },
+      verify: {
+        algorithms: ['ES256'],
+        allowedIss: opts.issuer,
+        allowedAud: opts.audience,
+        requiredClaims: ['exp', 'sub'],
+        clockTolerance: 0,
+      },
+      formatUser: (payload) => {
+        const p = payload as { sub?: unknown; scope?: unknown };
+        const scope = typeof p.scope === 'string' ? p.scope : '';
+        return { sub: typeof p.sub === 'string' ? p.sub : '', scopes: new Set(scope.split(' ').filter(Boolean)) };
+      },
+    });
+
+    app.decorate('requireScope', (scope: Scope): onRequestAsyncHookHandler => {
+      return async (request: FastifyRequest, _reply: FastifyReply) => {
+        const header = request.headers.authorization;
+        if (header === undefined || !/^Bearer [A-Za-z0-9._~+/-]+=*$/.test(header)) {
+          throw new GatewayError('unauthorized', 'a bearer token is required (Authorization: Bearer <service JWT>)');
+        }
+        try {
+          await request.jwtVerify();
+        } catch {
+          throw new GatewayError('unauthorized', 'the bearer token is invalid, expired or not issued by this gateway');
+        }
+        if (request.user.sub === '') throw new GatewayError('unauthorized', 'the bearer token has no subject');
+        if (!hasScope(request.user, scope)) {
+          throw new GatewayError('forbidden', `this route needs scope "${scope}"`, { details: { requiredScope: scope } });
+        }
+      };
+    });
+  },
+  { name: 'iotgate-auth' },
+);

@@ -1,0 +1,58 @@
+/**
+ * Composition root for `iotgate start`: config → logger → gateway → listeners; signals and exit
+ * codes (0 clean stop, 1 runtime failure, 2 bad configuration).
+ */
+import { loadConfig, ConfigError } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { createLogger } from './log.js';
+import { buildGateway } from './gateway.js';
+
+export async function runGateway(configFile: string | undefined): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(configFile);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`${e.lines.join('\n')}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const log = createLogger({ level: config.log.level });
+  let gateway;
+  try {
+    gateway = await buildGateway(config, { log });
+    await gateway.start();
+  } catch (err) {
+    log.fatal({ err }, 'iotgate failed to start');
+    await gateway?.stop().catch(() => undefined);
+    await new Promise<void>((resolve) => log.flush(() => resolve()));
+    process.exit(1);
+  }
+
+  const started = gateway;
+  let signalled = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    signalled = true;
+    log.info({ signal }, 'shutting down');
+    const deadline = setTimeout(() => {
+      log.error({ timeoutMs: config.shutdown.timeoutMs }, 'graceful stop took too long; exiting');
+      log.flush();
+      process.exit(1);
+    }, config.shutdown.timeoutMs);
+    deadline.unref();
+    started.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}

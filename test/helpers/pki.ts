@@ -1,0 +1,62 @@
+/** Test helpers for the PKI tests: temp dirs, a shared CA, and an openssl runner. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+
+/** A fresh temp dir, removed when the test (or suite, for `t` = the suite's context) ends. */
+export async function tempDir(t: { after: (fn: () => Promise<void>) => void }, prefix = 'iotgate-pki-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const opensslVersion = spawnSync('openssl', ['version'], { encoding: 'utf8' });
+/** True when the openssl CLI can be run. */
+export const hasOpenssl = opensslVersion.status === 0;
+
+/**
+ * Whether the openssl-based assertions of test `t` can run. Without openssl the test is skipped
+ * with a message, except in CI (CI=true), where a missing openssl is a failure.
+ */
+export function needOpenssl(t: TestContext): boolean {
+  if (hasOpenssl) return true;
+  if (process.env.CI === 'true') assert.fail('openssl is required in CI but was not found on PATH');
+  t.skip('openssl not installed: interop assertions skipped');
+  return false;
+}
+
+/** Result of one openssl invocation. */
+export interface OpensslResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `openssl ...args` in `cwd`. */
+export function openssl(args: string[], cwd?: string): OpensslResult {
+  const r = spawnSync('openssl', args, { encoding: 'utf8', cwd });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The serial `openssl x509 -serial` prints for a certificate file. */
+export function opensslSerial(certPath: string): string {
+  const r = openssl(['x509', '-in', certPath, '-noout', '-serial']);
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout.trim().replace(/^serial=/, '');
+}
+
+/** Resolves what `promise` resolves, or fails when `ms` pass first. */
+export async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

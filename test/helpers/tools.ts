@@ -1,0 +1,32 @@
+/**
+ * External tools (openssl, mosquitto_pub, coap-client, redis-server): a test that needs a missing
+ * one skips with a message locally and fails in CI (CI=true), as the team's standard requires.
+ */
+import { spawnSync } from 'node:child_process';
+import type { TestContext } from 'node:test';
+
+const cache = new Map<string, boolean>();
+
+export function hasTool(name: string): boolean {
+  let found = cache.get(name);
+  if (found === undefined) {
+    found = spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
+    cache.set(name, found);
+  }
+  return found;
+}
+
+/** True when the tool is there; otherwise skips `t` (or throws under CI=true). */
+export function requireTool(t: TestContext, name: string): boolean {
+  if (hasTool(name)) return true;
+  const message = `${name} is not installed (apt-get install the package that provides it)`;
+  if (process.env.CI === 'true') throw new Error(`${message}; CI=true makes this a failure`);
+  t.skip(message);
+  return false;
+}
+
+/** Runs a command to completion; resolves its exit status and output. */
+export function run(cmd: string, args: string[], opts: { cwd?: string; input?: string } = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(cmd, args, { cwd: opts.cwd, input: opts.input, encoding: 'utf8' });
+  return { status: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+}
