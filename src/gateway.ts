@@ -2,7 +2,9 @@
  * buildGateway(config) → { start, stop, addresses }: wires config, logging, PKI, stores, core
  * services and every door (REST, MQTT, CoAP). Tests call this; main.ts adds signals and exit codes.
  */
+import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:net';
+import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { Config } from './config/schema.js';
@@ -13,12 +15,14 @@ import { CredentialIndex } from './core/credentials.js';
 import { DeviceService } from './core/devices.js';
 import type { DeviceRegistry } from './core/ports.js';
 import { MemoryDeviceRegistry } from './stores/memory/registry.js';
-import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, JWT_AUDIENCE, JWT_ISSUER } from './pki/index.js';
+import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions, CA_FILES } from './pki/index.js';
 import { buildHttpApp } from './http/app.js';
 import type { ComponentStatus } from './http/routes/health.js';
 import { createMqttBroker, type MqttBroker } from '../protocols/mqtt/broker.js';
 import { listenMqttTcp, listenMqttTls } from '../protocols/mqtt/listeners.js';
 import { bindCoap, type CoapListener } from '../protocols/coap/server.js';
+
+const CRL_REFRESH_MS = 24 * 3600 * 1000;
 
 export interface Addresses {
   http: number;
@@ -106,7 +110,10 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     version: PACKAGE_VERSION,
     bodyLimitBytes: config.http.bodyLimitBytes,
     publicMetrics: config.http.publicMetrics,
-    jwt: { publicKeyPem: material.jwtPublicKeyPem, issuer: JWT_ISSUER, audience: JWT_AUDIENCE },
+    jwt: (() => {
+      const { key, ...verify } = serviceJwtVerifyOptions(material.jwtPublicKeyPem);
+      return { publicKeyPem: key, verify };
+    })(),
     devices,
     metrics,
     readiness: async () => ({
@@ -120,13 +127,24 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   });
 
   const mqttLog = log.child({ module: 'mqtt' });
+  const crlPath = join(certsDir, CA_FILES.crl);
+  const reloadCrl = () =>
+    readFile(crlPath, 'utf8')
+      .then((crl) => tls?.updateCrl(crl))
+      .catch((err: unknown) => log.error({ err }, 'could not reload the CRL'));
   credentials.on('revoked', (record) => {
     const closed = broker?.disconnectDevice(record.id) ?? 0;
     if (closed > 0) mqttLog.info({ deviceId: record.id, sessions: closed }, 'closed sessions of a revoked device');
-    loadCaMaterial(certsDir)
-      .then((m) => tls?.updateCrl(m.crlPem))
-      .catch((err: unknown) => log.error({ err }, 'could not reload the CRL'));
+    void reloadCrl();
   });
+  // The CRL is valid for 7 days; re-sign it daily so TLS never sees an expired one, and at start
+  // so a lost ca.crl is rebuilt from the CA database.
+  let crlTimer: NodeJS.Timeout | null = null;
+  const refreshCrl = () =>
+    ledger
+      .rebuildCrl()
+      .then(reloadCrl)
+      .catch((err: unknown) => log.error({ err }, 'could not re-sign the CRL'));
 
   async function start(): Promise<Addresses> {
     if (state !== 'built') throw new Error(`gateway cannot start: it is ${state}`);
@@ -150,7 +168,9 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     const httpAddress = await http.listen({ host, port: config.http.port });
     const mqttTcp = await listenMqttTcp(broker, host, config.mqtt.port);
     tcp = mqttTcp.server;
-    const crlPem = (await loadCaMaterial(certsDir)).crlPem;
+    await ledger.rebuildCrl();
+    const crlPem = await readFile(crlPath, 'utf8');
+    crlTimer = setInterval(() => void refreshCrl(), CRL_REFRESH_MS).unref();
     const mqttTls = await listenMqttTls(
       broker,
       host,
@@ -181,6 +201,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       const wasRunning = state === 'running' || state === 'starting';
       state = 'stopping';
       credentials.stop();
+      if (crlTimer) clearInterval(crlTimer);
       // Stop accepting first, then close sessions and in-flight HTTP requests.
       const tcpClosed = closeServer(tcp);
       const tlsClosed = closeServer(tls?.server ?? null);

@@ -8,20 +8,21 @@ import { z } from 'zod';
 
 const portError = { error: 'expected an integer from 0 to 65535 (0 = any free port)' };
 const port = z.coerce.number(portError).int(portError).min(0, portError).max(65535, portError);
+const boolError = { error: 'expected true or false' };
 const bool = z
-  .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])])
+  .union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])], boolError)
   .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
 const positiveInt = z.coerce.number().int().positive();
 
 const listener = (defaultPort: number) =>
-  z.object({ port: port.default(defaultPort) }).prefault({});
+  z.strictObject({ port: port.default(defaultPort) }).prefault({});
 
 export const configSchema = z
-  .object({
+  .strictObject({
     /** Bind address for every listener. */
     host: z.string().min(1).default('0.0.0.0'),
     http: z
-      .object({
+      .strictObject({
         port: port.default(8080),
         /** Public base URL of the REST API (for the CLI and Location headers); derived when empty. */
         url: z.url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' }).optional(),
@@ -34,9 +35,9 @@ export const configSchema = z
     mqtt: listener(1883),
     mqtts: listener(8883),
     coap: listener(5683),
-    coaps: z.object({ port: port.default(5684), enabled: bool.default(false) }).prefault({}),
+    coaps: z.strictObject({ port: port.default(5684), enabled: bool.default(false) }).prefault({}),
     certs: z
-      .object({
+      .strictObject({
         /** Holds the CA, the server certificate, token secrets and the CA database. */
         dir: z.string().min(1).default('./certs'),
         /** Extra DNS names / IPs for the server certificate created on first start. */
@@ -49,30 +50,30 @@ export const configSchema = z
       })
       .prefault({}),
     schemas: z
-      .object({
+      .strictObject({
         /** Device types (<type>.proto, <type>.schema.json); empty = the schemas shipped with iotgate. */
         dir: z.string().default(''),
       })
       .prefault({}),
     redis: z
-      .object({
+      .strictObject({
         /** When set, all state moves to Redis (issue: Redis as the shared state). */
         url: z.url({ protocol: /^rediss?$/, error: 'expected a redis://host:port/db or rediss:// URL' }).optional(),
       })
       .prefault({}),
     auth: z
-      .object({
+      .strictObject({
         /** Default lifetime of `iotgate token create`, e.g. 1h, 30m, 7d. */
         defaultTokenTtl: z.string().regex(/^\d+[smhd]?$/, { error: 'expected a duration like 3600, 30m, 1h or 7d' }).default('1h'),
       })
       .prefault({}),
     log: z
-      .object({
+      .strictObject({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
       })
       .prefault({}),
     limits: z
-      .object({
+      .strictObject({
         mqttPacketBytes: positiveInt.default(262_144),
         telemetryBytes: positiveInt.default(65_536),
         telemetryDepth: positiveInt.max(64).default(16),
@@ -81,13 +82,12 @@ export const configSchema = z
       })
       .prefault({}),
     shutdown: z
-      .object({
+      .strictObject({
         /** Hard deadline for a graceful stop (contract: exit within 10 s). */
         timeoutMs: positiveInt.max(10_000).default(8_000),
       })
       .prefault({}),
-  })
-  .strict();
+  });
 
 /** Input as written in a file (every key optional). */
 export type ConfigInput = z.input<typeof configSchema>;

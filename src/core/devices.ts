@@ -98,9 +98,14 @@ export class DeviceService {
   /** `DELETE /v1/devices/{id}`: revokes certificate and token, and forgets the device. */
   async delete(id: string): Promise<void> {
     checkDeviceId(id);
-    const revoked = await this.deps.ledger.revoke(id, Date.now());
+    const existing = await this.deps.ledger.get(id);
+    const live = existing !== null && existing.revokedAt === null;
     const removed = await this.deps.registry.delete(id);
-    if (!revoked && !removed) throw new GatewayError('device_not_found', `device ${id} is not known`);
-    if (revoked) this.deps.credentials.apply(revoked);
+    if (!live && !removed) throw new GatewayError('device_not_found', `device ${id} is not known`);
+    if (live) {
+      const revoked = await this.deps.ledger.revoke(id, Date.now());
+      if (revoked) this.deps.credentials.apply(revoked);
+    }
+    this.deps.log.info({ deviceId: id }, 'device deleted (credentials revoked)');
   }
 }

@@ -20,7 +20,7 @@ export interface HttpAppDeps {
   version: string;
   bodyLimitBytes: number;
   publicMetrics: boolean;
-  jwt: { publicKeyPem: string; issuer: string; audience: string };
+  jwt: { publicKeyPem: string; verify: Record<string, unknown> };
   devices: DeviceService;
   metrics: Registry;
   readiness: ReadinessProbe;
@@ -38,12 +38,13 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
   });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+  // A JSON API: anything but JSON bodies is 415 (later issues add protobuf where the contract wants it).
+  app.removeContentTypeParser('text/plain');
 
   await app.register(errorsPlugin);
   await app.register(authPlugin, {
     jwtPublicKeyPem: deps.jwt.publicKeyPem,
-    issuer: deps.jwt.issuer,
-    audience: deps.jwt.audience,
+    verify: deps.jwt.verify,
   });
   await app.register(httpMetricsPlugin, { registry: deps.metrics });
   await app.register(openapiPlugin, { version: deps.version });

@@ -1,10 +1,10 @@
 /** The gateway CA as a CertificateAuthority: device certificates and device tokens. */
-import { createHmac, createPublicKey, generateKeyPair, randomBytes, timingSafeEqual, type webcrypto } from 'node:crypto';
-import { promisify } from 'node:util';
+import { createHmac, createPublicKey, randomBytes, timingSafeEqual, type KeyObject, type webcrypto } from 'node:crypto';
 import { GatewayError } from '../core/errors.js';
 import { isDeviceId } from '../core/model.js';
 import type { CertificateAuthority, IssuedCertificate, MintedToken } from '../core/ports.js';
 import type { CaMaterial } from './ca.js';
+import { generatePemKeyPair, randomSerialHex } from './keys.js';
 import {
   CA_SIGNING_ALGORITHM,
   ensureTrailingNewline,
@@ -14,8 +14,6 @@ import {
   x509,
   type CaIdentity,
 } from './x509.js';
-
-const generateKeyPairAsync = promisify(generateKeyPair);
 
 /** Options of PkiAuthority. */
 export interface PkiAuthorityOptions {
@@ -40,7 +38,7 @@ function csrInvalid(reason: string, cause?: unknown): GatewayError {
 
 /** Accepts RSA 2048..8192 and EC P-256 public keys (SPKI DER); throws csr_invalid otherwise. */
 function checkKey(spkiDer: Uint8Array): void {
-  let key;
+  let key: KeyObject;
   try {
     key = createPublicKey({ key: Buffer.from(spkiDer), format: 'der', type: 'spki' });
   } catch (err) {
@@ -61,8 +59,13 @@ function checkKey(spkiDer: Uint8Array): void {
   throw csrInvalid(`unsupported key type: ${key.asymmetricKeyType ?? 'unknown'} (use RSA 2048+ or EC P-256)`);
 }
 
+function checkDeviceId(id: string): void {
+  // The typeof guard matters for callers outside TypeScript: String(undefined) is a valid id.
+  if (typeof id !== 'string' || !isDeviceId(id)) throw new GatewayError('invalid_device_id', `invalid device id "${String(id)}"`);
+}
+
 function checkDevice(device: { id: string; type: string }): void {
-  if (!isDeviceId(device.id)) throw new GatewayError('invalid_device_id', `invalid device id "${String(device.id)}"`);
+  checkDeviceId(device.id);
   if (typeof device.type !== 'string' || !DEVICE_TYPE_SHAPE.test(device.type)) {
     throw new GatewayError('validation_failed', `invalid device type "${String(device.type)}"`);
   }
@@ -109,11 +112,9 @@ export class PkiAuthority implements CertificateAuthority {
     const usages = isRsa
       ? x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment
       : x509.KeyUsageFlags.digitalSignature;
-    const serial = randomBytes(16);
-    serial[0] = (serial[0] ?? 0) & 0x7f || 0x01;
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.create({
-      serialNumber: serial.toString('hex'),
+      serialNumber: randomSerialHex(),
       subject: [{ CN: [device.id] }, { OU: [device.type] }],
       issuer: ca.name,
       notBefore: new Date(now - BACKDATE_MS),
@@ -177,14 +178,10 @@ export class PkiAuthority implements CertificateAuthority {
     opts: { keyType?: 'rsa' | 'ec' } = {},
   ): Promise<IssuedCertificate & { privateKeyPem: string }> {
     checkDevice(device);
-    const privateKeyEncoding = { type: 'pkcs8', format: 'pem' } as const;
-    const publicKeyEncoding = { type: 'spki', format: 'der' } as const;
-    const { publicKey, privateKey } =
-      opts.keyType === 'ec'
-        ? await generateKeyPairAsync('ec', { namedCurve: 'P-256', publicKeyEncoding, privateKeyEncoding })
-        : await generateKeyPairAsync('rsa', { modulusLength: 2048, publicKeyEncoding, privateKeyEncoding });
-    const issued = await this.#issue(new Uint8Array(publicKey), device);
-    return { ...issued, privateKeyPem: privateKey };
+    const keys = await generatePemKeyPair(opts.keyType === 'ec' ? 'ec' : 'rsa');
+    const spki = createPublicKey(keys.publicKeyPem).export({ type: 'spki', format: 'der' });
+    const issued = await this.#issue(new Uint8Array(spki), device);
+    return { ...issued, privateKeyPem: keys.privateKeyPem };
   }
 
   #mac(input: string): string {
@@ -193,7 +190,7 @@ export class PkiAuthority implements CertificateAuthority {
 
   /** `dt1.<base64url(deviceId)>.<tokenId>.<HMAC-SHA256>`; tokenId is 16 random bytes. */
   mintDeviceToken(deviceId: string): MintedToken {
-    if (!isDeviceId(deviceId)) throw new GatewayError('invalid_device_id', `invalid device id "${String(deviceId)}"`);
+    checkDeviceId(deviceId);
     const tokenId = randomBytes(16).toString('base64url');
     const body = `${TOKEN_PREFIX}.${b64url(deviceId)}.${tokenId}`;
     return { token: `${body}.${this.#mac(body)}`, tokenId };

@@ -1,17 +1,15 @@
 /** The certs dir: a dev CA, the server certificate, token and JWT secrets, and the CRL. */
-import { createPublicKey, generateKeyPair, randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import forge from 'node-forge';
 import { buildCrl } from './crl.js';
 import { ensureDir, writePublicFile, writeSecretFile } from './files.js';
+import { generatePemKeyPair, randomSerialHex, type PemKeyPair } from './keys.js';
 import { ensureTrailingNewline } from './x509.js';
-
-const generateKeyPairAsync = promisify(generateKeyPair);
 
 /** File names inside the certs dir. */
 export const CA_FILES = {
@@ -74,37 +72,6 @@ const CA_VALIDITY_DAYS = 3650;
 const SERVER_VALIDITY_DAYS = 730;
 const DAY_MS = 24 * 3600 * 1000;
 const BACKDATE_MS = 5 * 60 * 1000;
-
-interface PemKeyPair {
-  privateKeyPem: string;
-  publicKeyPem: string;
-}
-
-// Native keygen: forge's pure-JS RSA generation takes seconds, node:crypto milliseconds.
-async function rsaKeyPair(): Promise<PemKeyPair> {
-  const { privateKey, publicKey } = await generateKeyPairAsync('rsa', {
-    modulusLength: 2048,
-    publicKeyEncoding: { type: 'spki', format: 'pem' },
-    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
-  });
-  return { privateKeyPem: privateKey, publicKeyPem: publicKey };
-}
-
-async function ecKeyPair(): Promise<PemKeyPair> {
-  const { privateKey, publicKey } = await generateKeyPairAsync('ec', {
-    namedCurve: 'P-256',
-    publicKeyEncoding: { type: 'spki', format: 'pem' },
-    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
-  });
-  return { privateKeyPem: privateKey, publicKeyPem: publicKey };
-}
-
-/** 16 random bytes as hex, first byte 0x01..0x7f so the DER INTEGER is positive and 16 bytes long. */
-function randomSerialHex(): string {
-  const b = randomBytes(16);
-  b[0] = (b[0] ?? 0) & 0x7f || 0x01;
-  return b.toString('hex');
-}
 
 function newCertificate(publicKeyPem: string, days: number): forge.pki.Certificate {
   const cert = forge.pki.createCertificate();
@@ -171,8 +138,21 @@ export function caExists(certsDir: string): boolean {
 
 type Part = 'ca' | 'server' | 'token' | 'jwt' | 'jwtPub' | 'crl';
 
+function checkOptions(opts: InitCaOptions): void {
+  const days = opts.validityDays;
+  if (days !== undefined && (!Number.isInteger(days) || days < 1 || days > CA_VALIDITY_DAYS)) {
+    throw new Error(`validityDays must be an integer from 1 to ${CA_VALIDITY_DAYS}, got ${days}`);
+  }
+  for (const h of opts.hostnames ?? []) {
+    if (isIP(h) === 0 && !/^(?=.{1,253}$)[A-Za-z0-9*]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(h)) {
+      throw new Error(`invalid host name for the server certificate: "${h}"`);
+    }
+  }
+}
+
 /** Creates the requested parts, reusing the CA on disk when 'ca' is not among them. */
 async function generate(certsDir: string, parts: ReadonlySet<Part>, opts: InitCaOptions): Promise<string[]> {
+  checkOptions(opts);
   await ensureDir(certsDir);
   const written: string[] = [];
   const secret = async (name: string, data: string) => {
@@ -186,9 +166,9 @@ async function generate(certsDir: string, parts: ReadonlySet<Part>, opts: InitCa
 
   // Key generation runs on the libuv pool: start every key at once.
   const [caKeys, serverKeys, jwtKeys] = await Promise.all([
-    parts.has('ca') ? rsaKeyPair() : undefined,
-    parts.has('server') ? rsaKeyPair() : undefined,
-    parts.has('jwt') ? ecKeyPair() : undefined,
+    parts.has('ca') ? generatePemKeyPair('rsa') : undefined,
+    parts.has('server') ? generatePemKeyPair('rsa') : undefined,
+    parts.has('jwt') ? generatePemKeyPair('ec') : undefined,
   ]);
   let ca: { certPem: string; keyPem: string } | undefined;
   if (caKeys) {

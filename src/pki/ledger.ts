@@ -119,7 +119,7 @@ export class FileCredentialLedger implements CredentialLedger {
 
   /** Resolves the record of `id`, or null. */
   async get(id: string): Promise<CredentialRecord | null> {
-    if (!isDeviceId(id)) return null;
+    if (typeof id !== 'string' || !isDeviceId(id)) return null;
     return this.#read(id);
   }
 
@@ -136,7 +136,7 @@ export class FileCredentialLedger implements CredentialLedger {
 
   /** Marks the record revoked at `at`, adds its serial to the CRL; null when unknown. */
   revoke(id: string, at: number): Promise<CredentialRecord | null> {
-    if (!isDeviceId(id)) return Promise.resolve(null);
+    if (typeof id !== 'string' || !isDeviceId(id)) return Promise.resolve(null);
     return this.#exclusive(async () => {
       const old = await this.#read(id);
       if (!old) return null;

@@ -6,7 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import type { TestContext } from 'node:test';
+import { after, before } from 'node:test';
 import { loadConfig } from '../../src/config/load.js';
 import { buildGateway, type Addresses, type Gateway } from '../../src/gateway.js';
 import { createLogger } from '../../src/log.js';
@@ -72,7 +72,31 @@ export interface TestGateway {
   token(scope: string, opts?: { sub?: string; ttlSeconds?: number }): Promise<string>;
 }
 
-export async function build(t: TestContext, env: Record<string, string> = {}): Promise<TestGateway> {
+/** Anything with node:test's `after` (a TestContext, or a suite stand-in from `suiteGateway`). */
+export interface Teardown {
+  after(fn: () => unknown): void;
+}
+
+/**
+ * One gateway shared by the tests of a file or suite: started in `before`, stopped in `after`.
+ * Read it through the returned getter inside tests.
+ */
+export function suiteGateway(env: Record<string, string> = {}): () => TestGateway {
+  const cleanups: (() => unknown)[] = [];
+  let gw: TestGateway | undefined;
+  before(async () => {
+    gw = await build({ after: (fn) => cleanups.push(fn) }, env);
+  });
+  after(async () => {
+    for (const fn of cleanups.reverse()) await fn();
+  });
+  return () => {
+    if (!gw) throw new Error('suite gateway is not started');
+    return gw;
+  };
+}
+
+export async function build(t: Teardown, env: Record<string, string> = {}): Promise<TestGateway> {
   const certsDir = await mkdtemp(join(tmpdir(), 'iotgate-test-'));
   const fullEnv: Record<string, string> = {
     IOTGATE_HOST: '127.0.0.1',

@@ -6,10 +6,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 
-/** A fresh temp dir, removed when the test (or suite, for `t` = the suite's context) ends. */
-export async function tempDir(t: { after: (fn: () => Promise<void>) => void }, prefix = 'iotgate-pki-'): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), prefix));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+/** A fresh temp dir; the caller removes it (see `tempDir` and `removeDir`). */
+export function newTempDir(prefix = 'iotgate-pki-'): Promise<string> {
+  return mkdtemp(join(tmpdir(), prefix));
+}
+
+/** Removes a temp dir made by newTempDir. */
+export function removeDir(dir: string | undefined): Promise<void> {
+  return dir === undefined ? Promise.resolve() : rm(dir, { recursive: true, force: true });
+}
+
+/** A fresh temp dir, removed when test `t` ends. */
+export async function tempDir(t: TestContext, prefix?: string): Promise<string> {
+  const dir = await newTempDir(prefix);
+  t.after(() => removeDir(dir));
   return dir;
 }
 

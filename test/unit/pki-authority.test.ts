@@ -6,14 +6,16 @@ import { after, before, test } from 'node:test';
 import { isGatewayError } from '../../src/core/errors.js';
 import { CA_FILES, PkiAuthority, initCa, loadCaMaterial, type CaMaterial } from '../../src/pki/index.js';
 import { x509 } from '../../src/pki/x509.js';
-import { needOpenssl, openssl, opensslSerial, tempDir } from '../helpers/pki.js';
+import { needOpenssl, newTempDir, openssl, opensslSerial, removeDir, tempDir } from '../helpers/pki.js';
 
-let dir: string;
+let dir = '';
 let material: CaMaterial;
 let ca: PkiAuthority;
 
+after(() => removeDir(dir));
+
 before(async () => {
-  dir = await tempDir({ after });
+  dir = await newTempDir();
   await initCa(dir);
   material = await loadCaMaterial(dir);
   ca = new PkiAuthority(material);

@@ -13,12 +13,15 @@ import {
   verifyServiceToken,
   type CaMaterial,
 } from '../../src/pki/index.js';
-import { tempDir } from '../helpers/pki.js';
+import { newTempDir, removeDir } from '../helpers/pki.js';
 
+let dir: string | undefined;
 let material: CaMaterial;
 
+after(() => removeDir(dir));
+
 before(async () => {
-  const dir = await tempDir({ after });
+  dir = await newTempDir();
   await initCa(dir);
   material = await loadCaMaterial(dir);
 });
@@ -68,30 +71,44 @@ test('signServiceToken rejects unknown scopes, bad subjects and ttls', () => {
 
 test('verifyServiceToken rejects forged, expired, premature, misaddressed and broken tokens', () => {
   const pub = material.jwtPublicKeyPem;
-  const reject = (token: string, what: string) => assert.throws(() => verifyServiceToken(pub, token), undefined, what);
+  /** `expected` is fast-jwt's error code, or a message pattern for our own checks. */
+  const reject = (token: string, expected: string | RegExp, what: string) =>
+    assert.throws(
+      () => verifyServiceToken(pub, token),
+      (err: unknown) => {
+        assert.ok(err instanceof Error, what);
+        if (typeof expected === 'string') assert.equal((err as { code?: unknown }).code, expected, what);
+        else assert.match(err.message, expected, what);
+        return true;
+      },
+      what,
+    );
 
-  reject(`${b64({ alg: 'none', typ: 'JWT' })}.${b64(goodClaims())}.`, 'alg none');
+  reject(`${b64({ alg: 'none', typ: 'JWT' })}.${b64(goodClaims())}.`, 'FAST_JWT_MISSING_SIGNATURE', 'alg none');
+  reject(`${b64({ alg: 'none', typ: 'JWT' })}.${b64(goodClaims())}.AAAA`, 'FAST_JWT_INVALID_ALGORITHM', 'alg none with a signature');
   const hsInput = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(goodClaims())}`;
-  reject(`${hsInput}.${createHmac('sha256', pub).update(hsInput).digest('base64url')}`, 'HS256 keyed with the public key');
-  reject(es256(goodClaims(), material.jwtPrivateKeyPem, { alg: 'ES384' }), 'header alg other than ES256');
-  reject(es256({ ...goodClaims(), iat: now() - 120, exp: now() - 60 }), 'expired');
-  reject(es256({ ...goodClaims(), exp: now() - 1 }), 'expired by a second (no clock tolerance)');
-  reject(es256({ ...goodClaims(), nbf: now() + 3600 }), 'not yet valid');
-  reject(es256({ ...goodClaims(), iss: 'someone' }), 'wrong iss');
-  reject(es256({ ...goodClaims(), aud: 'other' }), 'wrong aud');
+  const hsToken = `${hsInput}.${createHmac('sha256', pub).update(hsInput).digest('base64url')}`;
+  reject(hsToken, 'FAST_JWT_INVALID_ALGORITHM', 'HS256 keyed with the public key PEM');
+  reject(es256(goodClaims(), material.jwtPrivateKeyPem, { alg: 'ES384' }), 'FAST_JWT_INVALID_ALGORITHM', 'header alg ES384');
+  reject(es256({ ...goodClaims(), iat: now() - 120, exp: now() - 60 }), 'FAST_JWT_EXPIRED', 'expired');
+  reject(es256({ ...goodClaims(), exp: now() - 1 }), 'FAST_JWT_EXPIRED', 'expired a second ago (no clock tolerance)');
+  reject(es256({ ...goodClaims(), nbf: now() + 3600 }), 'FAST_JWT_INACTIVE', 'not yet valid');
+  reject(es256({ ...goodClaims(), iss: 'someone' }), 'FAST_JWT_INVALID_CLAIM_VALUE', 'wrong iss');
+  reject(es256({ ...goodClaims(), aud: 'other' }), 'FAST_JWT_INVALID_CLAIM_VALUE', 'wrong aud');
   const { exp: _exp, ...noExp } = goodClaims();
-  reject(es256(noExp), 'no exp');
+  reject(es256(noExp), 'FAST_JWT_MISSING_REQUIRED_CLAIM', 'no exp');
   const { sub: _sub, ...noSub } = goodClaims();
-  reject(es256(noSub), 'no sub');
+  reject(es256(noSub), 'FAST_JWT_MISSING_REQUIRED_CLAIM', 'no sub');
+  reject(es256({ ...goodClaims(), scope: ['admin'] }), /scope is not a string/, 'scope not a string');
   const otherKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
-  reject(es256(goodClaims(), otherKey), 'signed by another key');
+  reject(es256(goodClaims(), otherKey), 'FAST_JWT_INVALID_SIGNATURE', 'signed by another key');
 
   const good = signServiceToken(material, { sub: 'svc', scope: 'admin', ttlSeconds: 60 }).token;
-  reject(good.slice(0, -10), 'truncated signature');
-  reject(good.split('.').slice(0, 2).join('.'), 'no signature part');
-  reject('', 'empty');
-  reject('a.b.c', 'garbage');
-  reject(`${good}x`.repeat(200), 'oversized');
+  reject(good.slice(0, -10), 'FAST_JWT_VERIFY_ERROR', 'truncated signature');
+  reject(good.split('.').slice(0, 2).join('.'), 'FAST_JWT_MALFORMED', 'no signature part');
+  reject('', /malformed/, 'empty');
+  reject('a.b.c', 'FAST_JWT_MALFORMED', 'garbage');
+  reject(`${good}x`.repeat(200), /malformed/, 'oversized');
 });
 
 test('parseTtl', () => {

@@ -30,8 +30,8 @@ declare module 'fastify' {
 
 export interface AuthOptions {
   jwtPublicKeyPem: string;
-  issuer: string;
-  audience: string;
+  /** fast-jwt verifier options (algorithms, allowedIss, allowedAud, requiredClaims...), from pki. */
+  verify: Record<string, unknown>;
 }
 
 export function hasScope(user: ServiceUser, scope: Scope): boolean {
@@ -42,13 +42,7 @@ export const authPlugin = fp<AuthOptions>(
   async (app: FastifyInstance, opts) => {
     await app.register(fastifyJwt, {
       secret: { public: opts.jwtPublicKeyPem },
-      verify: {
-        algorithms: ['ES256'],
-        allowedIss: opts.issuer,
-        allowedAud: opts.audience,
-        requiredClaims: ['exp', 'sub'],
-        clockTolerance: 0,
-      },
+      verify: opts.verify,
       formatUser: (payload) => {
         const p = payload as { sub?: unknown; scope?: unknown };
         const scope = typeof p.scope === 'string' ? p.scope : '';
