@@ -135,7 +135,9 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   credentials.on('revoked', (record) => {
     const closed = broker?.disconnectDevice(record.id) ?? 0;
     if (closed > 0) mqttLog.info({ deviceId: record.id, sessions: closed }, 'closed sessions of a revoked device');
-    void reloadCrl();
+    // Re-signing from the whole CA database (not just re-reading ca.crl) heals a CRL that two
+    // processes revoking at the same moment could have written without each other's serial.
+    void refreshCrl();
   });
   // The CRL is valid for 7 days; re-sign it daily so TLS never sees an expired one, and at start
   // so a lost ca.crl is rebuilt from the CA database.

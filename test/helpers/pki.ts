@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { requireTool } from './tools.js';
 
 /** A fresh temp dir; the caller removes it (see `tempDir` and `removeDir`). */
 export function newTempDir(prefix = 'iotgate-pki-'): Promise<string> {
@@ -23,19 +24,11 @@ export async function tempDir(t: TestContext, prefix?: string): Promise<string> 
   return dir;
 }
 
-const opensslVersion = spawnSync('openssl', ['version'], { encoding: 'utf8' });
-/** True when the openssl CLI can be run. */
-export const hasOpenssl = opensslVersion.status === 0;
-
 /**
- * Whether the openssl-based assertions of test `t` can run. Without openssl the test is skipped
- * with a message, except in CI (CI=true), where a missing openssl is a failure.
+ * Whether the openssl-based assertions of test `t` can run (skips locally, fails under CI=true).
  */
 export function needOpenssl(t: TestContext): boolean {
-  if (hasOpenssl) return true;
-  if (process.env.CI === 'true') assert.fail('openssl is required in CI but was not found on PATH');
-  t.skip('openssl not installed: interop assertions skipped');
-  return false;
+  return requireTool(t, 'openssl');
 }
 
 /** Result of one openssl invocation. */

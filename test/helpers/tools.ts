@@ -5,15 +5,31 @@
 import { spawnSync } from 'node:child_process';
 import type { TestContext } from 'node:test';
 
-const cache = new Map<string, boolean>();
+const cache = new Map<string, string | null>();
 
-export function hasTool(name: string): boolean {
-  let found = cache.get(name);
-  if (found === undefined) {
-    found = spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
+/** Debian 12's libcoap3-bin ships coap-client-openssl/-gnutls/-notls but no plain coap-client. */
+const VARIANTS: Record<string, string[]> = {
+  'coap-client': ['coap-client', 'coap-client-openssl', 'coap-client-gnutls', 'coap-client-notls'],
+};
+
+/** The command to run for `name` (a packaged variant where the plain name is missing), or null. */
+export function toolPath(name: string): string | null {
+  if (!cache.has(name)) {
+    let found: string | null = null;
+    for (const candidate of VARIANTS[name] ?? [name]) {
+      const r = spawnSync('sh', ['-c', `command -v ${candidate}`], { encoding: 'utf8' });
+      if (r.status === 0 && r.stdout.trim()) {
+        found = r.stdout.trim();
+        break;
+      }
+    }
     cache.set(name, found);
   }
-  return found;
+  return cache.get(name) ?? null;
+}
+
+export function hasTool(name: string): boolean {
+  return toolPath(name) !== null;
 }
 
 /** True when the tool is there; otherwise skips `t` (or throws under CI=true). */
