@@ -69,6 +69,8 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
         }),
       },
     },
-    opts.destination ?? pino.destination({ dest: 1, sync: false }),
+    // Synchronous stdout: the last lines before exit are never lost or reordered (an async
+    // sonic-boom's flush(cb) does not wait for writes in flight).
+    opts.destination ?? pino.destination({ dest: 1, sync: true }),
   );
 }

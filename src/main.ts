@@ -5,7 +5,7 @@
 import { loadConfig, ConfigError } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createLogger } from './log.js';
-import { buildGateway } from './gateway.js';
+import { buildGateway, type Gateway } from './gateway.js';
 
 export async function runGateway(configFile: string | undefined): Promise<void> {
   let config: Config;
@@ -19,18 +19,11 @@ export async function runGateway(configFile: string | undefined): Promise<void> 
     throw e;
   }
   const log = createLogger({ level: config.log.level });
-  let gateway;
-  try {
-    gateway = await buildGateway(config, { log });
-    await gateway.start();
-  } catch (err) {
-    log.fatal({ err }, 'iotgate failed to start');
-    await gateway?.stop().catch(() => undefined);
-    await new Promise<void>((resolve) => log.flush(() => resolve()));
-    process.exit(1);
-  }
+  let gateway: Gateway | undefined;
+  let starting: Promise<unknown> = Promise.resolve();
 
-  const started = gateway;
+  // Handlers go in before anything listens: a signal that arrives right after the ready line
+  // (or during start) still gets a graceful stop, once start has settled.
   let signalled = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (signalled) {
@@ -39,20 +32,34 @@ export async function runGateway(configFile: string | undefined): Promise<void> 
     }
     signalled = true;
     log.info({ signal }, 'shutting down');
-    const deadline = setTimeout(() => {
+    setTimeout(() => {
       log.error({ timeoutMs: config.shutdown.timeoutMs }, 'graceful stop took too long; exiting');
-      log.flush();
       process.exit(1);
-    }, config.shutdown.timeoutMs);
-    deadline.unref();
-    started.stop().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.error({ err }, 'error while stopping');
-        process.exit(1);
-      },
-    );
+    }, config.shutdown.timeoutMs).unref();
+    starting
+      .catch(() => undefined)
+      .then(() => gateway?.stop())
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err }, 'error while stopping');
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+
+  try {
+    starting = (async () => {
+      gateway = await buildGateway(config, { log });
+      await gateway.start();
+    })();
+    await starting;
+  } catch (err) {
+    if (signalled) return; // the signal handler stops and exits
+    log.fatal({ err }, 'iotgate failed to start');
+    await gateway?.stop().catch(() => undefined);
+    process.exit(1);
+  }
 }

@@ -246,6 +246,8 @@ describe('REST facade', { skip: !hasTool('openssl') && 'openssl is not installed
         'not yet valid': es256(jwtKey, { alg: 'ES256' }, { ...claims, nbf: now() + 3600 }),
         'wrong issuer': es256(jwtKey, { alg: 'ES256' }, { ...claims, iss: 'evil' }),
         'wrong audience': es256(jwtKey, { alg: 'ES256' }, { ...claims, aud: 'someone-else' }),
+        'no issuer or audience': es256(jwtKey, { alg: 'ES256' }, { sub: 'x', scope: 'admin', exp: now() + 600 }),
+        'RS256 header on an ES256 signature': es256(jwtKey, { alg: 'RS256' }, claims),
         'no expiry': es256(jwtKey, { alg: 'ES256' }, { sub: 'x', scope: 'admin', iss: 'iotgate', aud: 'iotgate' }),
         'signed with another key': es256(otherKey, { alg: 'ES256' }, claims),
         'payload swapped after signing': `${good.split('.')[0]}.${b64url({ ...claims, sub: 'root' })}.${good.split('.')[2]}`,

@@ -22,8 +22,9 @@ import {
 } from '../../pki/index.js';
 import { CliError, cliConfig, gatewayUrl, print, type GlobalOptions } from '../context.js';
 
-async function openCa(config: Config): Promise<{ material: CaMaterial; ledger: FileCredentialLedger }> {
-  await ensureCa(config.certs.dir, { hostnames: [...config.certs.hostnames] });
+/** Opens the CA; only provisioning may create one (a mistyped certs dir must not get a new CA). */
+async function openCa(config: Config, create = false): Promise<{ material: CaMaterial; ledger: FileCredentialLedger }> {
+  if (create) await ensureCa(config.certs.dir, { hostnames: [...config.certs.hostnames] });
   const material = await loadCaMaterial(config.certs.dir);
   return { material, ledger: new FileCredentialLedger(config.certs.dir, material) };
 }
@@ -35,7 +36,7 @@ export async function deviceProvision(
   const config = cliConfig(opts);
   const keyType = opts.keyType ?? 'rsa';
   if (keyType !== 'rsa' && keyType !== 'ec') throw new CliError(`--key-type ${JSON.stringify(keyType)}: expected rsa or ec`, 2);
-  const { material, ledger } = await openCa(config);
+  const { material, ledger } = await openCa(config, true);
   const types = listDeviceTypes(config.schemas.dir || BUNDLED_SCHEMAS_DIR);
   const result = await provisionDevice(
     { ca: new PkiAuthority(material, { deviceCertDays: config.certs.deviceCertDays }), ledger, isKnownType: (t) => types.has(t) },
@@ -85,18 +86,32 @@ export async function deviceRevoke(id: string, opts: GlobalOptions): Promise<voi
 
 type Listed = Pick<DeviceRecord, 'id' | 'type' | 'online' | 'protocol' | 'lastSeen' | 'certificate'> & { source: 'gateway' | 'certs' };
 
-/** Asks the running gateway (short-lived admin JWT minted from the certs dir); null when none answers. */
-async function askGateway<T>(config: Config, opts: GlobalOptions, material: CaMaterial, path: string): Promise<{ status: number; body: T } | null> {
+/**
+ * Asks the running gateway (with a short-lived JWT minted from the certs dir). Null only when no
+ * gateway answers; any answer other than 200 or 404 is an error (e.g. 401 when the gateway uses
+ * another certs dir), never a silent fallback.
+ */
+async function askGateway<T>(config: Config, opts: GlobalOptions, material: CaMaterial, path: string): Promise<{ status: 200 | 404; body: T } | null> {
   const base = gatewayUrl(config, opts);
   if (!base) return null;
   const { token } = signServiceToken(material, { sub: 'iotgate-cli', scope: 'devices:read', ttlSeconds: 60 });
+  let res: Response;
   try {
-    const res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(3000) });
-    return { status: res.status, body: (await res.json()) as T };
+    res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(3000) });
   } catch (e) {
-    if (opts.url) throw new CliError(`cannot reach the gateway at ${base}: ${(e as Error).cause instanceof Error ? ((e as Error).cause as Error).message : (e as Error).message}`);
+    if (opts.url) {
+      const cause = (e as Error).cause;
+      throw new CliError(`cannot reach the gateway at ${base}: ${cause instanceof Error ? cause.message : (e as Error).message}`);
+    }
     return null;
   }
+  if (res.status === 200 || res.status === 404) return { status: res.status, body: (await res.json()) as T };
+  const detail = await res
+    .json()
+    .then((p: unknown) => String((p as { detail?: unknown }).detail ?? ''))
+    .catch(() => '');
+  const hint = res.status === 401 ? ' (does it use the same certs dir as this CLI?)' : '';
+  throw new CliError(`the gateway at ${base} answered ${res.status}${detail ? `: ${detail}` : ''}${hint}`);
 }
 
 function fromLedger(r: CredentialRecord): Listed {
@@ -131,7 +146,8 @@ export async function deviceList(opts: GlobalOptions): Promise<void> {
       material,
       `/v1/devices?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`,
     );
-    if (!page || page.status !== 200) break;
+    if (!page) break;
+    if (page.status !== 200) throw new CliError(`the gateway at ${gatewayUrl(config, opts)} does not list devices (404)`);
     all.push(...page.body.items.map((d) => ({ ...d, source: 'gateway' as const })));
     cursor = page.body.nextCursor;
     if (!cursor) {
