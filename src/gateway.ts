@@ -3,7 +3,6 @@
  * services and every door (REST, MQTT, CoAP). Tests call this; main.ts adds signals and exit codes.
  */
 import { readFile } from 'node:fs/promises';
-import type { Server } from 'node:net';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
@@ -13,13 +12,15 @@ import { PACKAGE_VERSION, BUNDLED_SCHEMAS_DIR } from './package-info.js';
 import { listDeviceTypes } from './codecs/registry.js';
 import { CredentialIndex } from './core/credentials.js';
 import { DeviceService } from './core/devices.js';
+import { EventBus } from './core/events.js';
+import { PresenceService } from './core/presence.js';
+import { RateLimiter } from './core/rate-limit.js';
 import type { DeviceRegistry } from './core/ports.js';
 import { MemoryDeviceRegistry } from './stores/memory/registry.js';
 import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions, CA_FILES } from './pki/index.js';
 import { buildHttpApp } from './http/app.js';
 import type { ComponentStatus } from './http/routes/health.js';
-import { createMqttBroker, type MqttBroker } from '../protocols/mqtt/broker.js';
-import { listenMqttTcp, listenMqttTls } from '../protocols/mqtt/listeners.js';
+import { startMqttEdge, type MqttEdge } from '../protocols/mqtt/edge.js';
 import { bindCoap, type CoapListener } from '../protocols/coap/server.js';
 
 const CRL_REFRESH_MS = 24 * 3600 * 1000;
@@ -35,6 +36,8 @@ export interface Gateway {
   readonly config: Config;
   readonly log: Logger;
   readonly devices: DeviceService;
+  readonly bus: EventBus;
+  readonly presence: PresenceService;
   readonly credentials: CredentialIndex;
   readonly http: FastifyInstance;
   readonly metrics: Registry;
@@ -64,6 +67,12 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     log.warn('redis.url is set but the Redis store is not built yet; state stays in memory');
   }
   const registry = deps.registry ?? new MemoryDeviceRegistry();
+  const bus = new EventBus();
+  const presence = new PresenceService(registry, bus, log.child({ module: 'presence' }));
+  const rateLimits = {
+    messages: new RateLimiter({ unit: 'messages', windows: config.limits.deviceMessages }),
+    bytes: new RateLimiter({ unit: 'bytes', windows: config.limits.deviceBytes }),
+  };
   const credentials = new CredentialIndex(ca, ledger);
   const schemasDir = config.schemas.dir || BUNDLED_SCHEMAS_DIR;
   const deviceTypes = listDeviceTypes(schemasDir);
@@ -86,19 +95,10 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       this.set(credentials.live().length);
     },
   });
-  new Gauge({
-    name: 'iotgate_mqtt_clients_connected',
-    help: 'Open MQTT sessions',
-    registers: [metrics],
-    collect() {
-      this.set(broker?.aedes.connectedClients ?? 0);
-    },
-  });
+
 
   let state: 'built' | 'starting' | 'running' | 'stopping' | 'stopped' = 'built';
-  let broker: MqttBroker | null = null;
-  let tcp: Server | null = null;
-  let tls: { server: Server; updateCrl(crl: string): void } | null = null;
+  let mqtt: MqttEdge | null = null;
   let coap: CoapListener | null = null;
   let bound: Addresses | null = null;
 
@@ -120,8 +120,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       pki: { status: 'ok' },
       store: { status: 'ok', detail: 'memory' },
       credentials: listenerStatus(state === 'running'),
-      mqtt: listenerStatus(tcp?.listening === true),
-      mqtts: listenerStatus(tls?.server.listening === true),
+      mqtt: listenerStatus(mqtt?.listening().mqtt === true),
+      mqtts: listenerStatus(mqtt?.listening().mqtts === true),
       coap: listenerStatus(coap !== null),
     }),
   });
@@ -130,10 +130,10 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   const crlPath = join(certsDir, CA_FILES.crl);
   const reloadCrl = () =>
     readFile(crlPath, 'utf8')
-      .then((crl) => tls?.updateCrl(crl))
+      .then((crl) => mqtt?.updateCrl(crl))
       .catch((err: unknown) => log.error({ err }, 'could not reload the CRL'));
   credentials.on('revoked', (record) => {
-    const closed = broker?.disconnectDevice(record.id) ?? 0;
+    const closed = mqtt?.broker.disconnectDevice(record.id, 'revoked') ?? 0;
     if (closed > 0) mqttLog.info({ deviceId: record.id, sessions: closed }, 'closed sessions of a revoked device');
     // Re-signing from the whole CA database (not just re-reading ca.crl) heals a CRL that two
     // processes revoking at the same moment could have written without each other's serial.
@@ -154,48 +154,49 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     credentials.start(config.certs.syncIntervalMs);
     await credentials.ready;
 
-    broker = await createMqttBroker({
-      log: mqttLog,
-      credentials,
-      verifyDeviceCertificate: (der) => verifyDeviceCertificate(der, { caCertPem: material.caCertPem }),
-      verifyServiceToken: (token) => {
-        try {
-          return verifyServiceToken(material.jwtPublicKeyPem, token);
-        } catch {
-          return null;
-        }
-      },
-    });
     const host = config.host;
     const httpAddress = await http.listen({ host, port: config.http.port });
-    const mqttTcp = await listenMqttTcp(broker, host, config.mqtt.port);
-    tcp = mqttTcp.server;
     await ledger.rebuildCrl();
     const crlPem = await readFile(crlPath, 'utf8');
     crlTimer = setInterval(() => void refreshCrl(), CRL_REFRESH_MS).unref();
-    const mqttTls = await listenMqttTls(
-      broker,
-      host,
-      config.mqtts.port,
-      { key: material.serverKeyPem, cert: material.serverCertPem, ca: material.caCertPem, crl: crlPem },
-      mqttLog,
+    mqtt = await startMqttEdge(
+      {
+        log: mqttLog,
+        settings: { ...config.broker, maxPacketBytes: config.limits.mqttPacketBytes },
+        credentials,
+        presence,
+        bus,
+        metrics,
+        rateLimits,
+        verifyDeviceCertificate: (der) => verifyDeviceCertificate(der, { caCertPem: material.caCertPem }),
+        verifyServiceToken: (token) => {
+          try {
+            return verifyServiceToken(material.jwtPublicKeyPem, token);
+          } catch {
+            return null;
+          }
+        },
+      },
+      {
+        host,
+        mqtt: config.mqtt,
+        mqtts: config.mqtts,
+        websocket: { server: http.server, path: '/mqtt', maxConnections: config.http.mqttWsMaxConnections },
+        tls: { key: material.serverKeyPem, cert: material.serverCertPem, ca: material.caCertPem, crl: crlPem },
+      },
     );
-    tls = mqttTls;
     coap = await bindCoap(host, config.coap.port);
 
     bound = {
       http: Number(new URL(httpAddress).port),
-      mqtt: mqttTcp.port,
-      mqtts: mqttTls.port,
+      mqtt: mqtt.ports.mqtt,
+      mqtts: mqtt.ports.mqtts,
       coap: coap.port(),
     };
     state = 'running';
     log.info({ ...bound }, 'iotgate ready');
     return bound;
   }
-
-  const closeServer = (server: Server | null) =>
-    new Promise<void>((resolve) => (server?.listening ? server.close(() => resolve()) : resolve()));
 
   let stopping: Promise<void> | null = null;
   async function stop(): Promise<void> {
@@ -205,10 +206,11 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       credentials.stop();
       if (crlTimer) clearInterval(crlTimer);
       // Stop accepting first, then close sessions and in-flight HTTP requests.
-      const tcpClosed = closeServer(tcp);
-      const tlsClosed = closeServer(tls?.server ?? null);
-      await broker?.close();
-      await Promise.all([tcpClosed, tlsClosed, http.close(), coap?.close()]);
+      await mqtt?.close();
+      await Promise.all([http.close(), coap?.close()]);
+      await presence.close();
+      rateLimits.messages.close();
+      rateLimits.bytes.close();
       await registry.close();
       state = 'stopped';
       if (wasRunning) log.info('iotgate stopped');
@@ -221,6 +223,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     config,
     log,
     devices,
+    bus,
+    presence,
     credentials,
     http,
     metrics,

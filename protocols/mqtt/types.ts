@@ -1,5 +1,9 @@
 import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
 import type { CredentialIndex } from '../../src/core/credentials.js';
+import type { EventBus } from '../../src/core/events.js';
+import type { PresenceService } from '../../src/core/presence.js';
+import type { RateLimiter } from '../../src/core/rate-limit.js';
 
 export type MqttPrincipal =
   | { kind: 'device'; deviceId: string }
@@ -9,10 +13,26 @@ export type CertificateCheck =
   | { ok: true; deviceId: string; serial: string }
   | { ok: false; reason: string };
 
+export interface BrokerSettings {
+  connectTimeoutMs: number;
+  keepaliveMaxSeconds: number;
+  maxInflightQos2: number;
+  offlineQueueMax: number;
+  drainTimeoutMs: number;
+  maxTopicLevels: number;
+  maxPacketBytes: number;
+}
+
 /** What the MQTT edge needs from the gateway. */
 export interface MqttEdgeDeps {
   log: Logger;
+  settings: BrokerSettings;
   credentials: CredentialIndex;
+  presence: PresenceService;
+  bus: EventBus;
+  metrics: Registry;
+  /** Per-device limits: messages and payload bytes. */
+  rateLimits: { messages: RateLimiter; bytes: RateLimiter };
   /** Verifies a presented client certificate (DER) against the CA with node:crypto. */
   verifyDeviceCertificate(der: Buffer): CertificateCheck;
   /** A verified service JWT, or null. */

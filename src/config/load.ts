@@ -132,7 +132,7 @@ export function loadConfig(file: string | undefined, env: NodeJS.ProcessEnv = pr
     const raw = env[leaf.env];
     if (raw === undefined) continue;
     let value: unknown = raw;
-    if (leaf.structured && raw.trim().startsWith('[')) {
+    if (leaf.structured && (raw.trim().startsWith('[') || raw.trim().startsWith('{'))) {
       try {
         value = JSON.parse(raw);
       } catch {

@@ -14,8 +14,18 @@ const bool = z
   .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
 const positiveInt = z.coerce.number().int().positive();
 
-const listener = (defaultPort: number) =>
-  z.strictObject({ port: port.default(defaultPort) }).prefault({});
+const mqttListener = (defaultPort: number) =>
+  z
+    .strictObject({
+      port: port.default(defaultPort),
+      /** Open connections this listener accepts; further ones are closed at once. */
+      maxConnections: positiveInt.default(10_000),
+    })
+    .prefault({});
+const listener = (defaultPort: number) => z.strictObject({ port: port.default(defaultPort) }).prefault({});
+
+const rateWindowsError = { error: 'expected a list of {limit, windowMs} with positive integers' };
+const rateWindows = z.array(z.strictObject({ limit: positiveInt, windowMs: positiveInt }), rateWindowsError).max(8, rateWindowsError);
 
 export const configSchema = z
   .strictObject({
@@ -28,12 +38,30 @@ export const configSchema = z
         url: z.url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' }).optional(),
         /** Maximum request body in bytes. */
         bodyLimitBytes: positiveInt.default(1_048_576),
+        /** Open MQTT-over-WebSocket connections (at /mqtt) this listener accepts. */
+        mqttWsMaxConnections: positiveInt.default(10_000),
         /** Serve /metrics without auth. When false it needs a service JWT with scope `admin`. */
         publicMetrics: bool.default(true),
       })
       .prefault({}),
-    mqtt: listener(1883),
-    mqtts: listener(8883),
+    mqtt: mqttListener(1883),
+    mqtts: mqttListener(8883),
+    broker: z
+      .strictObject({
+        /** A connection that sends no CONNECT within this time is closed. */
+        connectTimeoutMs: positiveInt.max(60_000).default(10_000),
+        /** Largest keepalive a client may ask for (s); a CONNECT with 0 or more is refused. */
+        keepaliveMaxSeconds: positiveInt.max(65_535).default(1200),
+        /** Unacknowledged inbound QoS 2 messages per client; more closes the connection. */
+        maxInflightQos2: positiveInt.max(65_535).default(100),
+        /** Messages kept for one offline persistent session; the oldest are dropped past it. */
+        offlineQueueMax: positiveInt.default(1000),
+        /** A subscriber whose socket does not drain within this time is disconnected. */
+        drainTimeoutMs: positiveInt.default(10_000),
+        /** Topic depth limit (aedes caps it at 100). */
+        maxTopicLevels: positiveInt.max(100).default(32),
+      })
+      .prefault({}),
     coap: listener(5683),
     coaps: z.strictObject({ port: port.default(5684), enabled: bool.default(false) }).prefault({}),
     certs: z
@@ -79,6 +107,13 @@ export const configSchema = z
         telemetryDepth: positiveInt.max(64).default(16),
         shadowStateBytes: positiveInt.default(8_192),
         shadowDepth: positiveInt.max(32).default(6),
+        /** Per-device message rate, several windows at once (MQTT publishes, later CoAP and HTTP). */
+        deviceMessages: rateWindows.default([
+          { limit: 100, windowMs: 1000 },
+          { limit: 3000, windowMs: 60_000 },
+        ]),
+        /** Per-device payload bytes, several windows at once. */
+        deviceBytes: rateWindows.default([{ limit: 1_048_576, windowMs: 1000 }]),
       })
       .prefault({}),
     shutdown: z

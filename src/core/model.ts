@@ -46,6 +46,8 @@ export interface DeviceRecord {
   connectedAt: number | null;
   certificate: CertificateInfo | null;
   firmware: { current: string | null; target: string | null; state: string | null } | null;
+  /** Internal: version of the last presence change (the `version` of `devices/{id}/status`). */
+  presenceVersion?: number;
 }
 
 /**

@@ -1,66 +1,92 @@
 /**
  * CONNECT authentication (contract §2): on the mTLS listener the client certificate (already
  * chained to our CA and checked against the CRL by the TLS handshake) must be the device's current
- * one and its CN must equal the client id; on the TCP listener username = device id and
- * password = device token, or username = `service:<sub>` and password = a service JWT.
+ * one and its CN must equal the client id; on TCP and WebSocket, username = device id and
+ * password = device token, or username = `service:<sub>` and password = a service JWT with scope
+ * `admin` or `telemetry:read`. A will must name a topic its client may publish on.
  */
 import type { TLSSocket } from 'node:tls';
 import type { AuthenticateError, Client } from 'aedes';
-import type { MqttEdgeDeps, MqttPrincipal } from '../types.js';
+import type { EdgeContext, RejectionReason } from '../context.js';
+import type { MqttPrincipal } from '../types.js';
+import { devicePublishVerdict, servicePublishVerdict } from '../topics.js';
+import type { ConnectFacts } from './pre-connect.js';
 
 // aedes' AuthErrorCode is a `const enum` in a .d.ts, which isolated modules cannot read.
-const BAD_USERNAME_OR_PASSWORD = 4; // [MQTT-3.2.2-3.1.1] CONNACK 0x04
-const NOT_AUTHORIZED = 5; // CONNACK 0x05
+// Contract §2: credential failures are CONNACK 0x04/0x05; only an empty client id is 0x02.
+const IDENTIFIER_REJECTED = 2; // [MQTT-3.1.3-8]
+const BAD_USERNAME_OR_PASSWORD = 4;
+const NOT_AUTHORIZED = 5;
 
-function authError(code: number, message: string): AuthenticateError {
-  return Object.assign(new Error(message), { returnCode: code }) as AuthenticateError;
-}
+type Done = (error: AuthenticateError | null, success: boolean | null) => void;
 
-export type AuthenticateHook = (
-  client: Client,
-  username: Readonly<string | undefined>,
-  password: Readonly<Buffer | undefined>,
-  done: (error: AuthenticateError | null, success: boolean | null) => void,
-) => void;
+export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, ConnectFacts>) {
+  const log = ctx.deps.log;
+  const refuse = (client: Client, done: Done, code: number, reason: RejectionReason, message: string, extra: Record<string, unknown> = {}) => {
+    ctx.deps.log.info({ clientId: client.id, reason: message, ...extra }, 'mqtt connect refused');
+    ctx.rejections.inc({ reason });
+    done(Object.assign(new Error(message), { returnCode: code }) as AuthenticateError, false);
+  };
 
-export function createAuthenticate(deps: MqttEdgeDeps, principals: WeakMap<Client, MqttPrincipal>): AuthenticateHook {
-  const log = deps.log;
-  return (client, username, password, done) => {
-    const conn = client.conn as Partial<TLSSocket>;
-    if (conn.encrypted === true && typeof conn.getPeerX509Certificate === 'function') {
-      const peer = conn.getPeerX509Certificate();
-      const result = peer ? deps.verifyDeviceCertificate(peer.raw) : null;
+  function principalFor(client: Client, username: string | undefined, password: Buffer | undefined, done: Done): MqttPrincipal | null {
+    if (ctx.sessions.connection(client)?.protocol === 'mqtts') {
+      const peer = (client.conn as TLSSocket).getPeerX509Certificate?.();
+      const result = peer ? ctx.deps.verifyDeviceCertificate(peer.raw) : null;
       if (!result || !result.ok) {
-        log.info({ clientId: client.id, reason: result?.reason ?? 'no certificate' }, 'mqtts connect refused');
-        return done(authError(NOT_AUTHORIZED, 'certificate not accepted'), false);
+        refuse(client, done, NOT_AUTHORIZED, 'auth_failed', `certificate not accepted: ${result?.reason ?? 'none presented'}`);
+        return null;
       }
-      if (result.deviceId !== client.id || !deps.credentials.acceptsCertificate(result.deviceId, result.serial)) {
-        log.info({ clientId: client.id, cn: result.deviceId }, 'mqtts connect refused: revoked, superseded or CN != client id');
-        return done(authError(NOT_AUTHORIZED, 'certificate not accepted'), false);
+      if (result.deviceId !== client.id) {
+        refuse(client, done, NOT_AUTHORIZED, 'auth_failed', 'client id differs from the certificate CN', { cn: result.deviceId });
+        return null;
       }
-      principals.set(client, { kind: 'device', deviceId: result.deviceId });
-      return done(null, true);
+      if (!ctx.deps.credentials.acceptsCertificate(result.deviceId, result.serial)) {
+        refuse(client, done, NOT_AUTHORIZED, 'auth_failed', 'certificate revoked or superseded', { serial: result.serial });
+        return null;
+      }
+      return { kind: 'device', deviceId: result.deviceId };
     }
-
     if (username === undefined || password === undefined) {
-      return done(authError(BAD_USERNAME_OR_PASSWORD, 'username and password required'), false);
+      refuse(client, done, BAD_USERNAME_OR_PASSWORD, 'auth_failed', 'username and password required');
+      return null;
     }
     const secret = password.toString('utf8');
     if (username.startsWith('service:')) {
-      const service = deps.verifyServiceToken(secret);
+      const service = ctx.deps.verifyServiceToken(secret);
       if (!service || `service:${service.sub}` !== username) {
-        log.info({ clientId: client.id, username }, 'mqtt service connect refused');
-        return done(authError(BAD_USERNAME_OR_PASSWORD, 'bad service credentials'), false);
+        refuse(client, done, BAD_USERNAME_OR_PASSWORD, 'auth_failed', 'bad service credentials', { username });
+        return null;
       }
-      principals.set(client, { kind: 'service', sub: service.sub, scopes: service.scopes });
-      return done(null, true);
+      if (!service.scopes.has('admin') && !service.scopes.has('telemetry:read')) {
+        refuse(client, done, NOT_AUTHORIZED, 'auth_failed', 'service JWT needs scope admin or telemetry:read', { username });
+        return null;
+      }
+      return { kind: 'service', sub: service.sub, scopes: service.scopes };
     }
-    const deviceId = deps.credentials.authenticateToken(secret);
-    if (deviceId === null || deviceId !== username || client.id !== deviceId) {
-      log.info({ clientId: client.id, username }, 'mqtt device connect refused');
-      return done(authError(BAD_USERNAME_OR_PASSWORD, 'bad device credentials'), false);
+    const deviceId = ctx.deps.credentials.authenticateToken(secret);
+    if (deviceId === null || deviceId !== username) {
+      refuse(client, done, BAD_USERNAME_OR_PASSWORD, 'auth_failed', 'bad device credentials', { username });
+      return null;
     }
-    principals.set(client, { kind: 'device', deviceId });
-    return done(null, true);
+    if (client.id !== deviceId) {
+      refuse(client, done, NOT_AUTHORIZED, 'auth_failed', 'client id must equal the device id', { username });
+      return null;
+    }
+    return { kind: 'device', deviceId };
+  }
+
+  return (client: Client, username: Readonly<string | undefined>, password: Readonly<Buffer | undefined>, done: Done): void => {
+    const fact = facts.get(client);
+    if (fact?.emptyClientId) return refuse(client, done, IDENTIFIER_REJECTED, 'identifier_rejected', 'empty client id');
+    const principal = principalFor(client, username, password, done);
+    if (!principal) return;
+    if (fact?.willTopic != null) {
+      const verdict =
+        principal.kind === 'device' ? devicePublishVerdict(principal.deviceId, fact.willTopic) : servicePublishVerdict(principal.scopes, fact.willTopic);
+      if (!verdict.ok) return refuse(client, done, NOT_AUTHORIZED, 'will_not_authorized', `will topic refused: ${verdict.reason}`);
+    }
+    ctx.sessions.authenticated(client, principal);
+    log.debug({ clientId: client.id, kind: principal.kind }, 'mqtt client authenticated');
+    done(null, true);
   };
 }

@@ -1,0 +1,35 @@
+/** Shared state of the MQTT edge's hooks: deps, the session table, the broker, and counters. */
+import type { Aedes } from 'aedes';
+import { Counter } from 'prom-client';
+import type { SessionTable } from './sessions.js';
+import type { MqttEdgeDeps } from './types.js';
+
+export type RejectionReason =
+  | 'auth_failed'
+  | 'identifier_rejected'
+  | 'will_not_authorized'
+  | 'publish_not_authorized'
+  | 'subscribe_not_authorized'
+  | 'topic_invalid'
+  | 'rate_limited'
+  | 'protocol_error'
+  | 'offline_queue_full';
+
+export interface EdgeContext {
+  deps: MqttEdgeDeps;
+  sessions: SessionTable;
+  /** Set once the broker exists (hooks run only after that). */
+  aedes: Aedes;
+  messagesIn: Counter<'listener'>;
+  messagesOut: Counter;
+  rejections: Counter<'reason'>;
+}
+
+export function createCounters(deps: MqttEdgeDeps): Pick<EdgeContext, 'messagesIn' | 'messagesOut' | 'rejections'> {
+  const registers = [deps.metrics];
+  return {
+    messagesIn: new Counter({ name: 'iotgate_mqtt_messages_in_total', help: 'PUBLISH packets accepted from clients', labelNames: ['listener'], registers }),
+    messagesOut: new Counter({ name: 'iotgate_mqtt_messages_out_total', help: 'PUBLISH packets forwarded to subscribers', registers }),
+    rejections: new Counter({ name: 'iotgate_mqtt_rejections_total', help: 'Refused MQTT operations by reason', labelNames: ['reason'], registers }),
+  };
+}

@@ -1,0 +1,45 @@
+/**
+ * The internal event bus (typed EventEmitter, style rule 11). Doors and services emit here; later
+ * issues fan these out as CloudEvents (SSE, Redis Stream, webhooks). Listeners must not throw.
+ */
+import { EventEmitter } from 'node:events';
+import type { DeviceProtocol } from './model.js';
+
+export type DisconnectReason =
+  | 'client_disconnect'
+  | 'keepalive_timeout'
+  | 'connection_lost'
+  | 'protocol_error'
+  | 'takeover'
+  | 'revoked'
+  | 'shutdown';
+
+/** The retained `devices/{id}/status` document (contract §4). */
+export interface DeviceStatus {
+  online: boolean;
+  reason: string;
+  /** epoch ms */
+  at: number;
+  /** Increases with every change of this device's presence. */
+  version: number;
+}
+
+export interface DeviceConnected extends DeviceStatus {
+  deviceId: string;
+  protocol: DeviceProtocol;
+  online: true;
+}
+
+export interface DeviceDisconnected extends DeviceStatus {
+  deviceId: string;
+  protocol: DeviceProtocol;
+  online: false;
+  reason: DisconnectReason;
+}
+
+export interface GatewayEvents {
+  'device.connected': [event: DeviceConnected];
+  'device.disconnected': [event: DeviceDisconnected];
+}
+
+export class EventBus extends EventEmitter<GatewayEvents> {}

@@ -1,0 +1,109 @@
+/**
+ * Presence, protocol-neutral: a device is online while it has at least one session. Every change
+ * bumps a per-device version, updates the registry and emits device.connected/disconnected on the
+ * bus (the MQTT edge turns those into the retained `devices/{id}/status`). Updates of one device are
+ * applied in order; `lastSeen` from traffic is batched so the hot path does no store write.
+ */
+import type { Logger } from 'pino';
+import type { DeviceRegistry } from './ports.js';
+import type { DeviceProtocol } from './model.js';
+import type { DeviceConnected, DeviceDisconnected, DisconnectReason, EventBus } from './events.js';
+
+export class PresenceService {
+  private readonly sessions = new Map<string, Set<string>>();
+  private readonly chains = new Map<string, Promise<unknown>>();
+  private readonly seen = new Map<string, number>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly registry: DeviceRegistry,
+    private readonly bus: EventBus,
+    private readonly log: Logger,
+    flushIntervalMs = 5000,
+  ) {
+    this.timer = setInterval(() => void this.flushSeen(), flushIntervalMs).unref();
+  }
+
+  /** Runs `fn` after every earlier update of the same device. */
+  private inOrder<T>(deviceId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.chains.get(deviceId) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const settled = next.catch(() => undefined);
+    this.chains.set(deviceId, settled);
+    void settled.then(() => {
+      if (this.chains.get(deviceId) === settled) this.chains.delete(deviceId);
+    });
+    return next;
+  }
+
+  isOnline(deviceId: string): boolean {
+    return (this.sessions.get(deviceId)?.size ?? 0) > 0;
+  }
+
+  /** A session of the device started. Resolves the event (null when the device is unknown). */
+  connected(deviceId: string, protocol: DeviceProtocol, sessionId: string): Promise<DeviceConnected | null> {
+    let set = this.sessions.get(deviceId);
+    if (!set) this.sessions.set(deviceId, (set = new Set()));
+    set.add(sessionId);
+    return this.inOrder(deviceId, async () => {
+      const current = await this.registry.get(deviceId);
+      if (!current) return null;
+      const at = Date.now();
+      const version = (current.presenceVersion ?? 0) + 1;
+      await this.registry.update(deviceId, { online: true, protocol, connectedAt: at, lastSeen: at, presenceVersion: version });
+      const event: DeviceConnected = { deviceId, protocol, online: true, reason: 'connected', at, version };
+      this.safely('device.connected', () => this.bus.emit('device.connected', event));
+      return event;
+    });
+  }
+
+  /** A session ended. The device goes offline when it was its last one. */
+  disconnected(deviceId: string, protocol: DeviceProtocol, sessionId: string, reason: DisconnectReason): Promise<DeviceDisconnected | null> {
+    const set = this.sessions.get(deviceId);
+    if (!set?.delete(sessionId)) return Promise.resolve(null);
+    if (set.size > 0) return Promise.resolve(null);
+    this.sessions.delete(deviceId);
+    return this.inOrder(deviceId, async () => {
+      // A session that started meanwhile (a takeover's new connection) wins.
+      if (this.isOnline(deviceId)) return null;
+      const current = await this.registry.get(deviceId);
+      if (!current) return null;
+      const at = Date.now();
+      const version = (current.presenceVersion ?? 0) + 1;
+      this.seen.delete(deviceId);
+      await this.registry.update(deviceId, { online: false, protocol: null, lastSeen: at, presenceVersion: version });
+      const event: DeviceDisconnected = { deviceId, protocol, online: false, reason, at, version };
+      this.safely('device.disconnected', () => this.bus.emit('device.disconnected', event));
+      return event;
+    });
+  }
+
+  /** Traffic from the device: recorded in memory, written to the registry in batches. */
+  touch(deviceId: string, at = Date.now()): void {
+    this.seen.set(deviceId, at);
+  }
+
+  private safely(name: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error({ err, event: name }, 'an event listener threw');
+    }
+  }
+
+  async flushSeen(): Promise<void> {
+    const batch = [...this.seen];
+    this.seen.clear();
+    for (const [deviceId, at] of batch) {
+      await this.inOrder(deviceId, async () => {
+        if (this.isOnline(deviceId)) await this.registry.update(deviceId, { lastSeen: at });
+      }).catch((err: unknown) => this.log.warn({ err, deviceId }, 'could not record lastSeen'));
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await this.flushSeen();
+    await Promise.all([...this.chains.values()]);
+  }
+}
