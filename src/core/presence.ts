@@ -13,6 +13,8 @@ export class PresenceService {
   private readonly sessions = new Map<string, Set<string>>();
   private readonly chains = new Map<string, Promise<unknown>>();
   private readonly seen = new Map<string, number>();
+  /** Last presence version per device, for when the registry record is already gone (revoked). */
+  private readonly versions = new Map<string, number>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -49,7 +51,8 @@ export class PresenceService {
       const current = await this.registry.get(deviceId);
       if (!current) return null;
       const at = Date.now();
-      const version = (current.presenceVersion ?? 0) + 1;
+      const version = Math.max(current.presenceVersion ?? 0, this.versions.get(deviceId) ?? 0) + 1;
+      this.versions.set(deviceId, version);
       await this.registry.update(deviceId, { online: true, protocol, connectedAt: at, lastSeen: at, presenceVersion: version });
       const event: DeviceConnected = { deviceId, protocol, online: true, reason: 'connected', at, version };
       this.safely('device.connected', () => this.bus.emit('device.connected', event));
@@ -66,12 +69,14 @@ export class PresenceService {
     return this.inOrder(deviceId, async () => {
       // A session that started meanwhile (a takeover's new connection) wins.
       if (this.isOnline(deviceId)) return null;
+      // The record may be gone already (a revoked device is forgotten): the offline status and
+      // event still go out, with the version this process last used.
       const current = await this.registry.get(deviceId);
-      if (!current) return null;
       const at = Date.now();
-      const version = (current.presenceVersion ?? 0) + 1;
+      const version = Math.max(current?.presenceVersion ?? 0, this.versions.get(deviceId) ?? 0) + 1;
       this.seen.delete(deviceId);
-      await this.registry.update(deviceId, { online: false, protocol: null, lastSeen: at, presenceVersion: version });
+      this.versions.set(deviceId, version);
+      if (current) await this.registry.update(deviceId, { online: false, protocol: null, lastSeen: at, presenceVersion: version });
       const event: DeviceDisconnected = { deviceId, protocol, online: false, reason, at, version };
       this.safely('device.disconnected', () => this.bus.emit('device.disconnected', event));
       return event;

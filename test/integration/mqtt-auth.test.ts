@@ -8,21 +8,25 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
 import type { TestContext } from 'node:test';
-import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
+import { connectAsync } from 'mqtt';
+import { opensslCsr } from '../helpers/csr.js';
 import { build, type TestGateway } from '../helpers/gateway.js';
+import {
+  assertRefused,
+  assertTlsRefused,
+  closeEvent,
+  connect,
+  mtlsOptions,
+  registerDevice,
+  tcpUrl,
+  tls12Handshake,
+  tlsUrl,
+  withDeadline,
+} from '../helpers/mqtt.js';
 import { requireTool, run } from '../helpers/tools.js';
 
 const REVOCATION_BOUND_MS = 5_000;
-
-interface Device {
-  id: string;
-  token: string;
-  keyPem: string;
-  certPem: string;
-  caPem: string;
-}
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'iotgate-mqtt-auth-'));
@@ -36,105 +40,6 @@ function openssl(args: string[], cwd: string): string {
   return r.stdout;
 }
 
-/** A key and a CSR with CN=id made by openssl: RSA 2048 or EC P-256. */
-async function makeCsr(dir: string, id: string, kind: 'rsa' | 'ec', keyFile = `${id}.key`): Promise<{ keyPem: string; csrPem: string }> {
-  const key = keyFile;
-  const algo = kind === 'rsa' ? ['-newkey', 'rsa:2048'] : ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'];
-  const csrPem = openssl(['req', '-new', ...algo, '-nodes', '-keyout', key, '-subj', `/CN=${id}`], dir);
-  return { keyPem: await readFile(join(dir, key), 'utf8'), csrPem };
-}
-
-/** `POST /v1/register` with a CSR made by openssl; resolves the device's credentials. */
-async function registerDevice(gw: TestGateway, dir: string, id: string, kind: 'rsa' | 'ec'): Promise<Device> {
-  const { keyPem, csrPem } = await makeCsr(dir, id, kind);
-  const res = await fetch(`${gw.url}/v1/register`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${await gw.token('provision')}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ id, csr: csrPem }),
-  });
-  const body = (await res.json()) as { token: string; certificate: string; caCertificate: string };
-  assert.equal(res.status, 201, JSON.stringify(body));
-  return { id, token: body.token, keyPem, certPem: body.certificate, caPem: body.caCertificate };
-}
-
-function tcpUrl(gw: TestGateway): string {
-  return `mqtt://127.0.0.1:${gw.ports.mqtt}`;
-}
-
-function tlsUrl(gw: TestGateway): string {
-  return `mqtts://127.0.0.1:${gw.ports.mqtts}`;
-}
-
-/** Connects (no retries) and ends the client when the test ends. */
-async function connect(t: TestContext, url: string, opts: IClientOptions): Promise<MqttClient> {
-  const client = await connectAsync(url, { reconnectPeriod: 0, connectTimeout: 4000, ...opts }, false);
-  t.after(() => void client.end(true));
-  return client;
-}
-
-/** Asserts the CONNECT is refused with CONNACK 4 or 5 (bad credentials / not authorized). */
-async function assertRefused(url: string, opts: IClientOptions, what: string): Promise<void> {
-  await assert.rejects(
-    connectAsync(url, { reconnectPeriod: 0, connectTimeout: 4000, ...opts }, false),
-    (err: Error & { code?: unknown }) => {
-      assert.ok(err.code === 4 || err.code === 5, `${what}: expected CONNACK 4 or 5, got ${String(err.code)} (${err.message})`);
-      return true;
-    },
-    what,
-  );
-}
-
-/** Asserts the TLS handshake or the CONNECT fails (no CONNACK 0). */
-async function assertTlsRefused(url: string, opts: IClientOptions, what: string): Promise<void> {
-  await assert.rejects(connectAsync(url, { reconnectPeriod: 0, connectTimeout: 4000, ...opts }, false), Error, what);
-}
-
-function mtlsOptions(device: Pick<Device, 'keyPem' | 'certPem' | 'caPem'>, clientId: string): IClientOptions {
-  return { key: device.keyPem, cert: device.certPem, ca: device.caPem, rejectUnauthorized: true, servername: 'localhost', clientId };
-}
-
-/**
- * A bare TLS 1.2 handshake (no MQTT): with TLS 1.2 the server checks the client certificate
- * (chain, CRL) before the client's handshake completes, so a refusal shows up here.
- */
-function tls12Handshake(port: number, device: Pick<Device, 'keyPem' | 'certPem' | 'caPem'>): Promise<'ok' | string> {
-  return new Promise((resolve) => {
-    const socket = tlsConnect({
-      host: '127.0.0.1',
-      port,
-      servername: 'localhost',
-      key: device.keyPem,
-      cert: device.certPem,
-      ca: device.caPem,
-      rejectUnauthorized: true,
-      maxVersion: 'TLSv1.2',
-    });
-    socket.once('secureConnect', () => {
-      socket.destroy();
-      resolve('ok');
-    });
-    socket.once('error', (err) => resolve(err.message));
-  });
-}
-
-/** Resolves when the client's connection closes (attach before causing the close). */
-function closeEvent(client: MqttClient): Promise<void> {
-  return new Promise((resolve) => client.once('close', () => resolve()));
-}
-
-/** Resolves what `promise` resolves, or fails when `ms` pass first. */
-async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 async function healthy(gw: TestGateway): Promise<void> {
   assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
 }
@@ -144,9 +49,9 @@ test('MQTT CONNECT authentication', async (t) => {
   const gw = await build(t);
   const dir = await tempDir(t);
   const [rsa, ec, other] = await Promise.all([
-    registerDevice(gw, dir, 'auth-rsa-1', 'rsa'),
-    registerDevice(gw, dir, 'auth-ec-1', 'ec'),
-    registerDevice(gw, dir, 'auth-other', 'rsa'),
+    registerDevice(gw, 'auth-rsa-1', 'rsa'),
+    registerDevice(gw, 'auth-ec-1', 'ec'),
+    registerDevice(gw, 'auth-other', 'rsa'),
   ]);
 
   await t.test('TCP: username = id and the device token are accepted', async (t) => {
@@ -197,7 +102,7 @@ test('MQTT CONNECT authentication', async (t) => {
   await t.test('mTLS: a certificate from another CA is refused', async () => {
     openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'other-ca.key', '-out', 'other-ca.crt', '-subj', '/CN=not the gateway CA', '-days', '2'], dir);
     // Same CN as a real device, so only the issuer differs.
-    const { keyPem, csrPem } = await makeCsr(dir, rsa.id, 'rsa', 'forged.key');
+    const { keyPem, csrPem } = opensslCsr(rsa.id, 'rsa');
     await writeFile(join(dir, 'forged.csr'), csrPem);
     openssl(['x509', '-req', '-in', 'forged.csr', '-CA', 'other-ca.crt', '-CAkey', 'other-ca.key', '-CAcreateserial', '-days', '2', '-out', 'forged.crt'], dir);
     const forged = { keyPem, certPem: await readFile(join(dir, 'forged.crt'), 'utf8'), caPem: rsa.caPem };
@@ -212,7 +117,7 @@ test('MQTT CONNECT authentication', async (t) => {
   });
 
   await t.test('revocation closes the live mTLS session and fails the next handshake within 5 s', async (t) => {
-    const victim = await registerDevice(gw, dir, 'auth-revoked', 'ec');
+    const victim = await registerDevice(gw, 'auth-revoked', 'ec');
     assert.equal(await tls12Handshake(gw.ports.mqtts, victim), 'ok', 'handshake works before the revocation');
     const client = await connect(t, tlsUrl(gw), mtlsOptions(victim, victim.id));
     assert.equal(client.connected, true);
