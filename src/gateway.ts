@@ -115,6 +115,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       return { publicKeyPem: key, verify };
     })(),
     devices,
+    authenticateDevice: (token) => credentials.authenticateToken(token),
     metrics,
     readiness: async () => ({
       pki: { status: 'ok' },

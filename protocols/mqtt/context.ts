@@ -12,6 +12,7 @@ export type RejectionReason =
   | 'subscribe_not_authorized'
   | 'topic_invalid'
   | 'rate_limited'
+  | 'telemetry_rejected'
   | 'protocol_error'
   | 'offline_queue_full';
 

@@ -13,6 +13,7 @@ export const REASON = {
   packetTooLarge: 0x95,
   quotaExceeded: 0x97,
   payloadFormatInvalid: 0x99,
+  implementationSpecific: 0x83,
 } as const;
 
 export interface ErrorDocument {

@@ -64,6 +64,7 @@ export function servicePublishVerdict(scopes: ReadonlySet<string>, topic: string
 /** Topic for the gateway's reports to a device. */
 export const errorsTopic = (deviceId: string): string => `${DEVICES_PREFIX}${deviceId}/errors`;
 export const statusTopic = (deviceId: string): string => `${DEVICES_PREFIX}${deviceId}/status`;
+export const telemetryTopic = (deviceId: string): string => `${DEVICES_PREFIX}${deviceId}/telemetry`;
 
 /**
  * [MQTT-4.7.3-2] no null character; [MQTT-1.5.3-1] well-formed UTF-8 (mqtt-packet decodes with

@@ -100,6 +100,14 @@ export const configSchema = z
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
       })
       .prefault({}),
+    telemetry: z
+      .strictObject({
+        /** Messages kept per device (oldest dropped first). */
+        retentionCount: positiveInt.max(1_000_000).default(1000),
+        /** How long a message is kept (ms). */
+        retentionMs: positiveInt.default(7 * 24 * 3600 * 1000),
+      })
+      .prefault({}),
     limits: z
       .strictObject({
         mqttPacketBytes: positiveInt.default(262_144),

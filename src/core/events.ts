@@ -3,7 +3,7 @@
  * issues fan these out as CloudEvents (SSE, Redis Stream, webhooks). Listeners must not throw.
  */
 import { EventEmitter } from 'node:events';
-import type { DeviceProtocol } from './model.js';
+import type { DeviceProtocol, TelemetryRecord } from './model.js';
 
 export type DisconnectReason =
   | 'client_disconnect'
@@ -40,6 +40,8 @@ export interface DeviceDisconnected extends DeviceStatus {
 export interface GatewayEvents {
   'device.connected': [event: DeviceConnected];
   'device.disconnected': [event: DeviceDisconnected];
+  /** Accepted telemetry, after it is stored. */
+  telemetry: [record: TelemetryRecord];
 }
 
 export class EventBus extends EventEmitter<GatewayEvents> {}

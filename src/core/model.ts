@@ -73,3 +73,17 @@ export interface CredentialRecord {
 export type Principal =
   | { kind: 'device'; deviceId: string }
   | { kind: 'service'; sub: string; scopes: ReadonlySet<string> };
+
+/** One accepted telemetry message in canonical form (contract §6, §9 `data` of iotgate.telemetry). */
+export interface TelemetryRecord {
+  /** Unique id (also the CloudEvent id). */
+  id: string;
+  deviceId: string;
+  type: string;
+  protocol: DeviceProtocol;
+  /** epoch ms when the gateway accepted it */
+  receivedAt: number;
+  /** epoch ms the device put in the message, if any */
+  deviceTime: number | null;
+  data: Record<string, unknown>;
+}

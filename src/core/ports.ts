@@ -2,7 +2,7 @@
  * Ports: what core needs from the outside world. Each has a memory implementation (and Redis in
  * its own issue), and each ships a contract suite in test/contracts/ that every implementation runs.
  */
-import type { CertificateInfo, CredentialRecord, DeviceRecord } from './model.js';
+import type { CertificateInfo, CredentialRecord, DeviceRecord, TelemetryRecord } from './model.js';
 
 export interface DeviceListQuery {
   type?: string;
@@ -82,4 +82,42 @@ export interface CredentialLedger {
    * process wrote them; the first call delivers every record. Returns a stop function.
    */
   watch(onChange: (changed: CredentialRecord[]) => void, intervalMs: number): () => void;
+}
+
+export interface TelemetryQuery {
+  /** epoch ms, inclusive */
+  since?: number;
+  /** epoch ms, inclusive */
+  until?: number;
+  /** The newest `limit` records in the range, returned oldest first. */
+  limit: number;
+}
+
+/**
+ * Telemetry history and latest value per device, bounded by count and age. `append` is on the hot
+ * path: an implementation that can answer synchronously returns undefined instead of a promise.
+ */
+export interface TelemetryStore {
+  append(record: TelemetryRecord): void | Promise<void>;
+  history(deviceId: string, query: TelemetryQuery): Promise<TelemetryRecord[]>;
+  latest(deviceId: string): Promise<TelemetryRecord | null>;
+  /** Drops everything of a device (it was deleted). */
+  forget(deviceId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Why a telemetry payload was refused (contract §6); `path` points into the document. */
+export interface TelemetryRejection {
+  code: 'undecodable' | 'schema_violation' | 'too_large' | 'too_deep' | 'unsupported_content_type' | 'unknown_type';
+  message: string;
+  path?: string;
+}
+
+export type TelemetryDecodeResult =
+  | { ok: true; value: Record<string, unknown>; deviceTime: number | null }
+  | { ok: false; error: TelemetryRejection };
+
+/** Decode + validate of one device type's telemetry (src/codecs implements it). */
+export interface TelemetryDecoder {
+  decodeTelemetry(payload: Buffer, contentType?: 'json' | 'protobuf'): TelemetryDecodeResult;
 }

@@ -14,6 +14,8 @@ import { openapiPlugin } from './plugins/openapi.js';
 import { httpMetricsPlugin } from './plugins/metrics.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
 import { deviceRoutes } from './routes/v1/devices.js';
+import { schemaRoutes, type SchemaCatalog } from './routes/v1/schemas.js';
+import { telemetryRoutes, type TelemetryRoutesOptions } from './routes/v1/telemetry.js';
 
 export interface HttpAppDeps {
   log: Logger;
@@ -21,7 +23,10 @@ export interface HttpAppDeps {
   bodyLimitBytes: number;
   publicMetrics: boolean;
   jwt: { publicKeyPem: string; verify: Record<string, unknown> };
+  authenticateDevice: (token: string) => string | null;
   devices: DeviceService;
+  telemetry?: Omit<TelemetryRoutesOptions, 'devices'>;
+  schemas?: SchemaCatalog;
   metrics: Registry;
   readiness: ReadinessProbe;
 }
@@ -45,10 +50,13 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
   await app.register(authPlugin, {
     jwtPublicKeyPem: deps.jwt.publicKeyPem,
     verify: deps.jwt.verify,
+    authenticateDevice: deps.authenticateDevice,
   });
   await app.register(httpMetricsPlugin, { registry: deps.metrics });
   await app.register(openapiPlugin, { version: deps.version });
   await app.register(healthRoutes, { readiness: deps.readiness, metrics: deps.metrics, publicMetrics: deps.publicMetrics });
   await app.register(deviceRoutes, { devices: deps.devices });
+  if (deps.telemetry) await app.register(telemetryRoutes, { devices: deps.devices, ...deps.telemetry });
+  if (deps.schemas) await app.register(schemaRoutes, { catalog: deps.schemas });
   return app;
 }

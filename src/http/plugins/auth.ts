@@ -25,6 +25,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** onRequest hook: a service JWT that grants `scope` (or `admin`). */
     requireScope(scope: Scope): onRequestAsyncHookHandler;
+    /** onRequest hook: `Authorization: Bearer <device token>` of the device named by `:id`. */
+    requireDevice: onRequestAsyncHookHandler;
   }
 }
 
@@ -32,7 +34,11 @@ export interface AuthOptions {
   jwtPublicKeyPem: string;
   /** fast-jwt verifier options (algorithms, allowedIss, allowedAud, requiredClaims...), from pki. */
   verify: Record<string, unknown>;
+  /** The device id a device token authenticates, or null. */
+  authenticateDevice: (token: string) => string | null;
 }
+
+const BEARER = /^Bearer [A-Za-z0-9._~+/-]+=*$/;
 
 export function hasScope(user: ServiceUser, scope: Scope): boolean {
   return user.scopes.has(scope) || user.scopes.has('admin');
@@ -53,7 +59,7 @@ export const authPlugin = fp<AuthOptions>(
     app.decorate('requireScope', (scope: Scope): onRequestAsyncHookHandler => {
       return async (request: FastifyRequest, _reply: FastifyReply) => {
         const header = request.headers.authorization;
-        if (header === undefined || !/^Bearer [A-Za-z0-9._~+/-]+=*$/.test(header)) {
+        if (header === undefined || !BEARER.test(header)) {
           throw new GatewayError('unauthorized', 'a bearer token is required (Authorization: Bearer <service JWT>)');
         }
         try {
@@ -66,6 +72,14 @@ export const authPlugin = fp<AuthOptions>(
           throw new GatewayError('forbidden', `this route needs scope "${scope}"`, { details: { requiredScope: scope } });
         }
       };
+    });
+
+    app.decorate('requireDevice', async (request: FastifyRequest) => {
+      const header = request.headers.authorization;
+      const deviceId = header !== undefined && BEARER.test(header) ? opts.authenticateDevice(header.slice(7)) : null;
+      if (deviceId === null) throw new GatewayError('unauthorized', 'a valid device token is required (Authorization: Bearer <device token>)');
+      const target = (request.params as { id?: unknown }).id;
+      if (deviceId !== target) throw new GatewayError('forbidden', 'a device token is valid only for its own device');
     });
   },
   { name: 'iotgate-auth' },
