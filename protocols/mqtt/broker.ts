@@ -54,10 +54,14 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
   const aedes = await Aedes.createBroker({
     persistence: offline.persistence,
     connectTimeout: settings.connectTimeoutMs,
-    keepaliveLimit: settings.keepaliveMaxSeconds,
+    // Keepalive bounds are checked in authenticate: aedes' own check answers with CONNACK 6,
+    // which MQTT 3.1.1 does not define.
+    keepaliveLimit: 0,
     maxInflightInbound: settings.maxInflightQos2,
     drainTimeout: settings.drainTimeoutMs,
-    maxTopicLevels: settings.maxTopicLevels,
+    // aedes' ceiling (its topic tree breaks past 100 levels); our hooks refuse deeper than
+    // settings.maxTopicLevels the MQTT way (SUBACK 0x80 / dropped publish + errors topic).
+    maxTopicLevels: 100,
     maxClientsIdLength: 128,
     heartbeatInterval: 60_000,
     preConnect: createPreConnect(facts),

@@ -8,6 +8,7 @@ export type RejectionReason =
   | 'auth_failed'
   | 'identifier_rejected'
   | 'will_not_authorized'
+  | 'keepalive_refused'
   | 'publish_not_authorized'
   | 'subscribe_not_authorized'
   | 'topic_invalid'

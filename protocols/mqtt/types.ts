@@ -4,6 +4,8 @@ import type { CredentialIndex } from '../../src/core/credentials.js';
 import type { EventBus } from '../../src/core/events.js';
 import type { PresenceService } from '../../src/core/presence.js';
 import type { RateLimiter } from '../../src/core/rate-limit.js';
+import type { DeviceProtocol } from '../../src/core/model.js';
+import type { IngestOutcome } from '../../src/core/telemetry.js';
 
 export type MqttPrincipal =
   | { kind: 'device'; deviceId: string }
@@ -35,6 +37,8 @@ export interface MqttEdgeDeps {
   rateLimits: { messages: RateLimiter; bytes: RateLimiter };
   /** Verifies a presented client certificate (DER) against the CA with node:crypto. */
   verifyDeviceCertificate(der: Buffer): CertificateCheck;
+  /** The telemetry pipeline; a promise only when the store is asynchronous. */
+  ingestTelemetry(input: { deviceId: string; protocol: DeviceProtocol; payload: Buffer }): IngestOutcome | Promise<IngestOutcome>;
   /** A verified service JWT, or null. */
   verifyServiceToken(token: string): { sub: string; scopes: ReadonlySet<string> } | null;
 }

@@ -5,6 +5,7 @@
  * IOTGATE_REDIS_URL, `limits.mqttPacketBytes` → IOTGATE_LIMITS_MQTT_PACKET_BYTES); see load.ts.
  */
 import { z } from 'zod';
+import { CLOUD_EVENT_TYPES } from '../core/cloudevents.js';
 
 const portError = { error: 'expected an integer from 0 to 65535 (0 = any free port)' };
 const port = z.coerce.number(portError).int(portError).min(0, portError).max(65535, portError);
@@ -26,6 +27,35 @@ const listener = (defaultPort: number) => z.strictObject({ port: port.default(de
 
 const rateWindowsError = { error: 'expected a list of {limit, windowMs} with positive integers' };
 const rateWindows = z.array(z.strictObject({ limit: positiveInt, windowMs: positiveInt }), rateWindowsError).max(8, rateWindowsError);
+
+// Issue 4 item 6 (events): SSE buffer and webhook upstreams (contract §9). Header names are checked
+// by the dispatcher, not here: a config error line prints the offending value, and header values
+// may be secrets.
+const upstreamName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, { error: 'expected a name of letters, digits, ".", "_" or "-" (max 64)' });
+const upstream = z.strictObject({
+  name: upstreamName,
+  url: z.url({ protocol: /^https?$/, error: 'expected an http:// or https:// URL' }),
+  /** CloudEvent types sent to this upstream; default all. */
+  types: z.array(z.enum(CLOUD_EVENT_TYPES)).min(1).default([...CLOUD_EVENT_TYPES]),
+  /** Extra request headers (e.g. Authorization). Never logged. */
+  headers: z.record(z.string().min(1), z.union([z.string(), z.number()], { error: 'expected a string header value' }).transform(String)).default({}),
+  timeoutMs: positiveInt.max(300_000).default(5000),
+  maxAttempts: positiveInt.max(100).default(5),
+  /** Events waiting per upstream; when full the oldest is dead-lettered (`queue_full`). */
+  maxQueue: positiveInt.max(1_000_000).default(1000),
+  concurrency: positiveInt.max(64).default(4),
+});
+const upstreams = z
+  .array(upstream)
+  .max(64)
+  .superRefine((list, ctx) => {
+    const seen = new Set<string>();
+    list.forEach((u, i) => {
+      if (seen.has(u.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: 'expected a unique upstream name' });
+      seen.add(u.name);
+    });
+  })
+  .default([]);
 
 export const configSchema = z
   .strictObject({
@@ -54,7 +84,7 @@ export const configSchema = z
         keepaliveMaxSeconds: positiveInt.max(65_535).default(1200),
         /** Unacknowledged inbound QoS 2 messages per client; more closes the connection. */
         maxInflightQos2: positiveInt.max(65_535).default(100),
-        /** Messages kept for one offline persistent session; the oldest are dropped past it. */
+        /** Messages queued for one offline persistent session; further ones are dropped (and counted). */
         offlineQueueMax: positiveInt.default(1000),
         /** A subscriber whose socket does not drain within this time is disconnected. */
         drainTimeoutMs: positiveInt.default(10_000),
@@ -124,6 +154,17 @@ export const configSchema = z
         deviceBytes: rateWindows.default([{ limit: 1_048_576, windowMs: 1000 }]),
       })
       .prefault({}),
+    events: z
+      .strictObject({
+        /** Events kept for `Last-Event-ID` resume of the SSE stream. */
+        bufferSize: positiveInt.max(1_000_000).default(10_000),
+        /** SSE heartbeat comment interval (ms). */
+        heartbeatMs: positiveInt.min(10).max(300_000).default(15_000),
+        /** An SSE client that falls this many events behind (socket not draining) is disconnected. */
+        sseMaxLagEvents: positiveInt.max(1_000_000).default(1000),
+      })
+      .prefault({}),
+    upstreams,
     shutdown: z
       .strictObject({
         /** Hard deadline for a graceful stop (contract: exit within 10 s). */

@@ -68,10 +68,13 @@ export class RateLimiter {
       const w = this.windows[i] as RateWindow;
       const tokens = Math.min(w.limit, (bucket.tokens[i] as number) + (elapsed * w.limit) / w.windowMs);
       bucket.tokens[i] = tokens;
-      if (tokens < amount && refusal === null) {
-        const window = describeWindow(w.windowMs);
-        const missing = Math.min(amount, w.limit) - tokens;
-        refusal = { limit: `${w.limit} ${this.rule.unit} per ${window}`, window, retryAfterMs: Math.ceil((missing * w.windowMs) / w.limit) };
+      if (tokens < amount) {
+        // More than the window allows at all can never pass: say "a whole window" rather than 0.
+        const wait = amount > w.limit ? w.windowMs : Math.ceil(((amount - tokens) * w.windowMs) / w.limit);
+        if (refusal === null || wait > refusal.retryAfterMs) {
+          const window = describeWindow(w.windowMs);
+          refusal = { limit: `${w.limit} ${this.rule.unit} per ${window}`, window, retryAfterMs: wait };
+        }
       }
     }
     if (refusal) return refusal;

@@ -182,8 +182,8 @@ test('topic isolation: refused subscriptions get SUBACK 0x80 and an error; own-s
   await other.client.publishAsync(`devices/${b.id}/telemetry`, 'B-private', { qos: 2 });
 
   assert.deepEqual(await subscribeGranted(dev.client, [`devices/${a.id}/#`], 1), [1]);
-  await dev.client.publishAsync(`devices/${a.id}/telemetry`, 'A-own', { qos: 1 });
-  await dev.inbox.waitFor((m) => m.topic === `devices/${a.id}/telemetry` && m.text === 'A-own', 'own telemetry through devices/A/#');
+  await dev.client.publishAsync(`devices/${a.id}/telemetry`, '{"own":"A"}', { qos: 1 });
+  await dev.inbox.waitFor((m) => m.topic === `devices/${a.id}/telemetry` && m.text === '{"own":"A"}', 'own telemetry through devices/A/#');
   await delay(SETTLE_MS);
   assert.deepEqual(dev.inbox.all((m) => m.text === 'B-private'), []);
   assert.deepEqual(dev.inbox.all((m) => m.topic.startsWith('$SYS')), []);

@@ -3,7 +3,8 @@
  * chained to our CA and checked against the CRL by the TLS handshake) must be the device's current
  * one and its CN must equal the client id; on TCP and WebSocket, username = device id and
  * password = device token, or username = `service:<sub>` and password = a service JWT with scope
- * `admin` or `telemetry:read`. A will must name a topic its client may publish on.
+ * `admin` or `telemetry:read`. A will must name a topic its client may publish on, and the
+ * keepalive must be within 1..broker.keepaliveMaxSeconds (refused with 0x05: 3.1.1 has no better code).
  */
 import type { TLSSocket } from 'node:tls';
 import type { AuthenticateError, Client } from 'aedes';
@@ -78,6 +79,10 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
   return (client: Client, username: Readonly<string | undefined>, password: Readonly<Buffer | undefined>, done: Done): void => {
     const fact = facts.get(client);
     if (fact?.emptyClientId) return refuse(client, done, IDENTIFIER_REJECTED, 'identifier_rejected', 'empty client id');
+    const maxKeepalive = ctx.deps.settings.keepaliveMaxSeconds;
+    if (fact && (fact.keepalive === 0 || fact.keepalive > maxKeepalive)) {
+      return refuse(client, done, NOT_AUTHORIZED, 'keepalive_refused', `keepalive must be 1..${maxKeepalive} s, got ${fact.keepalive}`);
+    }
     const principal = principalFor(client, username, password, done);
     if (!principal) return;
     if (fact?.willTopic != null) {

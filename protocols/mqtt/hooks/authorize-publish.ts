@@ -4,11 +4,17 @@
  * negative PUBACK, so the broker acknowledges it as the spec allows [MQTT-3.3.5-2]; aedes closes
  * the connection when this hook fails, so a refused packet is instead rewritten into a harmless
  * one (no retain, no payload, a `$` topic no subscription can match) that authorizeForward drops.
+ *
+ * Telemetry runs the ingest pipeline here, before aedes sends the PUBACK (aedes 1.x acks QoS 1
+ * before the `published` hook): a PUBACK means the message was valid and the store took it. A
+ * store failure fails the hook, so aedes closes the connection without acking and the device
+ * sends the message again.
  */
 import type { Client, PublishPacket } from 'aedes';
 import type { EdgeContext, RejectionReason } from '../context.js';
 import { publishError, REASON, type ErrorDocument } from '../reports.js';
-import { devicePublishVerdict, servicePublishVerdict, topicProblem } from '../topics.js';
+import { devicePublishVerdict, servicePublishVerdict, telemetryTopic, topicProblem } from '../topics.js';
+import type { IngestOutcome } from '../../../src/core/telemetry.js';
 
 export const DROPPED_TOPIC = '$iotgate/dropped';
 const EMPTY = Buffer.alloc(0);
@@ -20,7 +26,7 @@ export function drop(packet: PublishPacket): void {
 }
 
 export function createAuthorizePublish(ctx: EdgeContext) {
-  const { rateLimits, presence } = ctx.deps;
+  const { rateLimits, presence, ingestTelemetry } = ctx.deps;
   const maxLevels = ctx.deps.settings.maxTopicLevels;
 
   const refuse = (packet: PublishPacket, deviceId: string | null, reason: RejectionReason, doc: ErrorDocument) => {
@@ -35,6 +41,11 @@ export function createAuthorizePublish(ctx: EdgeContext) {
     if (client === null) return callback(null);
     const principal = ctx.sessions.principal(client);
     if (!principal) return callback(new Error('not authenticated'));
+    // [MQTT-2.3.1-1] QoS 1/2 need a non-zero packet identifier (wills carry none: `=== 0` only).
+    if (packet.qos > 0 && packet.messageId === 0) {
+      ctx.rejections.inc({ reason: 'protocol_error' });
+      return callback(new Error('packet identifier 0 on a QoS > 0 PUBLISH'));
+    }
     const topic = packet.topic;
     const deviceId = principal.kind === 'device' ? principal.deviceId : null;
 
@@ -61,7 +72,23 @@ export function createAuthorizePublish(ctx: EdgeContext) {
       }
       presence.touch(deviceId);
     }
-    ctx.messagesIn.inc({ listener: ctx.sessions.connection(client)?.protocol ?? 'mqtt' });
-    callback(null);
+    const protocol = ctx.sessions.connection(client)?.protocol ?? 'mqtt';
+    ctx.messagesIn.inc({ listener: protocol });
+    if (deviceId === null || topic !== telemetryTopic(deviceId)) return callback(null);
+
+    const finish = (outcome: IngestOutcome) => {
+      if (!outcome.ok) {
+        const { message, path } = outcome.error;
+        refuse(packet, deviceId, 'telemetry_rejected', {
+          code: REASON.payloadFormatInvalid,
+          message: path ? `${path}: ${message}` : message,
+          topic,
+        });
+      }
+      callback(null);
+    };
+    const outcome = ingestTelemetry({ deviceId, protocol, payload: packet.payload as Buffer });
+    if (outcome instanceof Promise) outcome.then(finish, (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))));
+    else finish(outcome);
   };
 }

@@ -1,0 +1,274 @@
+/**
+ * PresenceService (src/core/presence.ts) on the memory registry and a real EventBus: versions,
+ * several sessions per device, takeover ordering, lastSeen batching and the emitted events.
+ */
+import { describe, it, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { pino } from 'pino';
+import { EventBus, type DeviceConnected, type DeviceDisconnected } from '../../src/core/events.js';
+import type { DeviceRecord } from '../../src/core/model.js';
+import { PresenceService } from '../../src/core/presence.js';
+import { MemoryDeviceRegistry } from '../../src/stores/memory/registry.js';
+
+function record(id: string): DeviceRecord {
+  return { id, type: 'generic', createdAt: 1, online: false, protocol: null, lastSeen: null, connectedAt: null, certificate: null, firmware: null };
+}
+
+type Event = DeviceConnected | DeviceDisconnected;
+
+async function setup(t: TestContext, ids: string[] = ['dev-1']) {
+  const registry = new MemoryDeviceRegistry();
+  for (const id of ids) await registry.create(record(id));
+  const bus = new EventBus();
+  const events: Event[] = [];
+  bus.on('device.connected', (e) => events.push(e));
+  bus.on('device.disconnected', (e) => events.push(e));
+  const errors: unknown[] = [];
+  const log = pino({ level: 'error' }, { write: (line: string) => void errors.push(JSON.parse(line)) });
+  // A long flush interval: the tests call flushSeen themselves.
+  const presence = new PresenceService(registry, bus, log, 3_600_000);
+  t.after(() => presence.close());
+  return { registry, bus, events, presence, errors };
+}
+
+const versions = (events: Event[]) => events.map((e) => e.version);
+
+describe('PresenceService', () => {
+  it('connect and disconnect update the registry, emit events and bump the version each time', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    const before = Date.now();
+    const on = await presence.connected('dev-1', 'mqtt', 's1');
+    assert.ok(on);
+    assert.equal(on.online, true);
+    assert.equal(on.reason, 'connected');
+    assert.equal(on.protocol, 'mqtt');
+    assert.equal(on.version, 1);
+    assert.ok(on.at >= before && on.at <= Date.now());
+    assert.equal(presence.isOnline('dev-1'), true);
+    let rec = await registry.get('dev-1');
+    assert.equal(rec?.online, true);
+    assert.equal(rec?.protocol, 'mqtt');
+    assert.equal(rec?.connectedAt, on.at);
+    assert.equal(rec?.lastSeen, on.at);
+    assert.equal(rec?.presenceVersion, 1);
+
+    const off = await presence.disconnected('dev-1', 'mqtt', 's1', 'client_disconnect');
+    assert.ok(off);
+    assert.equal(off.online, false);
+    assert.equal(off.reason, 'client_disconnect');
+    assert.equal(off.version, 2);
+    assert.equal(presence.isOnline('dev-1'), false);
+    rec = await registry.get('dev-1');
+    assert.equal(rec?.online, false);
+    assert.equal(rec?.protocol, null);
+    assert.equal(rec?.lastSeen, off.at);
+    assert.equal(rec?.connectedAt, on.at, 'connectedAt keeps the last connect');
+    assert.equal(rec?.presenceVersion, 2);
+
+    for (let i = 0; i < 3; i++) {
+      await presence.connected('dev-1', 'mqtts', `s${i + 2}`);
+      await presence.disconnected('dev-1', 'mqtts', `s${i + 2}`, 'connection_lost');
+    }
+    assert.deepEqual(versions(events), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert.deepEqual(
+      events.map((e) => e.online),
+      [true, false, true, false, true, false, true, false],
+    );
+    assert.equal((await registry.get('dev-1'))?.presenceVersion, 8);
+  });
+
+  it('versions continue from the registry (a restart does not reuse them)', async (t) => {
+    const { registry, presence } = await setup(t);
+    await registry.update('dev-1', { presenceVersion: 41 });
+    assert.equal((await presence.connected('dev-1', 'mqtt', 's1'))?.version, 42);
+  });
+
+  it('updates issued without awaiting are applied in order', async (t) => {
+    const { events, presence } = await setup(t);
+    const results = await Promise.all([
+      presence.connected('dev-1', 'mqtt', 's1'),
+      presence.disconnected('dev-1', 'mqtt', 's1', 'connection_lost'),
+      presence.connected('dev-1', 'mqtt', 's2'),
+    ]);
+    assert.deepEqual(
+      results.map((r) => r?.version ?? null),
+      [1, null, 2],
+      'the offline of s1 is superseded by s2, which started before it was applied',
+    );
+    assert.deepEqual(versions(events), [1, 2]);
+    assert.equal(presence.isOnline('dev-1'), true);
+  });
+
+  it('two sessions keep the device online until the last one ends', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    await presence.connected('dev-1', 'mqtt', 's1');
+    await presence.connected('dev-1', 'coap', 's2');
+    assert.equal(await presence.disconnected('dev-1', 'mqtt', 's1', 'client_disconnect'), null, 'one session is left');
+    assert.equal(presence.isOnline('dev-1'), true);
+    assert.equal((await registry.get('dev-1'))?.online, true);
+    assert.equal(events.filter((e) => !e.online).length, 0, 'no offline event yet');
+
+    const off = await presence.disconnected('dev-1', 'coap', 's2', 'connection_lost');
+    assert.ok(off);
+    assert.equal(off.online, false);
+    assert.equal(off.protocol, 'coap');
+    assert.equal((await registry.get('dev-1'))?.online, false);
+    assert.deepEqual(versions(events), [1, 2, 3]);
+  });
+
+  it('ending a session twice, or one never started, changes nothing', async (t) => {
+    const { events, presence } = await setup(t);
+    assert.equal(await presence.disconnected('dev-1', 'mqtt', 'never', 'connection_lost'), null);
+    await presence.connected('dev-1', 'mqtt', 's1');
+    await presence.disconnected('dev-1', 'mqtt', 's1', 'connection_lost');
+    assert.equal(await presence.disconnected('dev-1', 'mqtt', 's1', 'connection_lost'), null);
+    assert.deepEqual(versions(events), [1, 2]);
+  });
+
+  it('takeover (old session ends, new one starts at once): the device ends online with a higher version', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    await presence.connected('dev-1', 'mqtt', 'old');
+    // aedes closes the old client before the new one is ready: offline first, then online.
+    const off = presence.disconnected('dev-1', 'mqtt', 'old', 'takeover');
+    const on = presence.connected('dev-1', 'mqtts', 'new');
+    const [offEvent, onEvent] = await Promise.all([off, on]);
+    assert.equal(offEvent, null, 'the new session started before the offline was applied: no offline flap');
+    assert.ok(onEvent);
+    assert.equal(onEvent.version, 2);
+    assert.equal(presence.isOnline('dev-1'), true);
+    const rec = await registry.get('dev-1');
+    assert.equal(rec?.online, true);
+    assert.equal(rec?.protocol, 'mqtts');
+    assert.deepEqual(
+      events.map((e) => [e.online, e.version]),
+      [
+        [true, 1],
+        [true, 2],
+      ],
+    );
+  });
+
+  it('takeover whose new session comes later: offline then online, versions increasing', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    await presence.connected('dev-1', 'mqtt', 'old');
+    const off = await presence.disconnected('dev-1', 'mqtt', 'old', 'takeover');
+    assert.equal(off?.reason, 'takeover');
+    const on = await presence.connected('dev-1', 'mqtt', 'new');
+    assert.ok(off && on && on.version > off.version);
+    assert.deepEqual(
+      events.map((e) => [e.online, e.reason, e.version]),
+      [
+        [true, 'connected', 1],
+        [false, 'takeover', 2],
+        [true, 'connected', 3],
+      ],
+    );
+    assert.equal((await registry.get('dev-1'))?.online, true);
+  });
+
+  it('an unknown device yields null, no event and no registry record', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    assert.equal(await presence.connected('ghost', 'mqtt', 's1'), null);
+    assert.deepEqual(events, [], 'no online event for a device the registry does not know');
+    assert.equal(await registry.get('ghost'), null);
+    await presence.disconnected('ghost', 'mqtt', 's1', 'connection_lost');
+    presence.touch('ghost', 5);
+    await presence.flushSeen();
+    assert.equal(await registry.get('ghost'), null, 'neither a disconnect nor a touch creates a record');
+    assert.equal(presence.isOnline('ghost'), false);
+  });
+
+  it('a device deleted while online (revoked) still goes offline with the next version, without re-creating its record', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    await presence.connected('dev-1', 'mqtt', 's1');
+    await registry.delete('dev-1');
+    const off = await presence.disconnected('dev-1', 'mqtt', 's1', 'revoked');
+    assert.ok(off);
+    assert.equal(off.online, false);
+    assert.equal(off.reason, 'revoked');
+    assert.equal(off.version, 2);
+    assert.equal(presence.isOnline('dev-1'), false);
+    assert.equal(await registry.get('dev-1'), null);
+    assert.deepEqual(versions(events), [1, 2]);
+
+    // Provisioned again: a fresh record, but versions keep increasing (no stale status wins).
+    await registry.create(record('dev-1'));
+    const on = await presence.connected('dev-1', 'mqtt', 's2');
+    assert.equal(on?.version, 3);
+    assert.equal((await registry.get('dev-1'))?.presenceVersion, 3);
+  });
+
+  it('touch + flushSeen writes lastSeen only while the device is online', async (t) => {
+    const { registry, presence } = await setup(t, ['dev-1', 'dev-2']);
+    const on = await presence.connected('dev-1', 'mqtt', 's1');
+    assert.ok(on);
+    presence.touch('dev-1', on.at + 1000);
+    presence.touch('dev-1', on.at + 2000);
+    assert.equal((await registry.get('dev-1'))?.lastSeen, on.at, 'touch alone writes nothing');
+    await presence.flushSeen();
+    assert.equal((await registry.get('dev-1'))?.lastSeen, on.at + 2000, 'the latest touch is written');
+
+    presence.touch('dev-2', 123);
+    await presence.flushSeen();
+    assert.equal((await registry.get('dev-2'))?.lastSeen, null, 'an offline device is not written');
+
+    presence.touch('dev-1', on.at + 3000);
+    const off = await presence.disconnected('dev-1', 'mqtt', 's1', 'client_disconnect');
+    assert.ok(off);
+    await presence.flushSeen();
+    assert.equal((await registry.get('dev-1'))?.lastSeen, off.at, 'a touch before going offline is not written after it');
+
+    presence.touch('dev-1', off.at + 5000);
+    await presence.flushSeen();
+    assert.equal((await registry.get('dev-1'))?.lastSeen, off.at, 'a touch while offline is not written');
+
+    presence.touch('ghost', 5);
+    await presence.flushSeen();
+    assert.equal(await registry.get('ghost'), null, 'a touch never creates a record');
+  });
+
+  it('close() flushes pending lastSeen', async (t) => {
+    const { registry, presence } = await setup(t);
+    const on = await presence.connected('dev-1', 'mqtt', 's1');
+    assert.ok(on);
+    presence.touch('dev-1', on.at + 777);
+    await presence.close();
+    assert.equal((await registry.get('dev-1'))?.lastSeen, on.at + 777);
+  });
+
+  it('emits device.connected / device.disconnected with the resolved event, and a throwing listener harms nothing', async (t) => {
+    const { bus, presence, errors } = await setup(t);
+    const seen: Event[] = [];
+    bus.on('device.connected', (e) => seen.push(e));
+    bus.on('device.disconnected', (e) => seen.push(e));
+    bus.on('device.connected', () => {
+      throw new Error('listener bug');
+    });
+    const on = await presence.connected('dev-1', 'mqtt-ws', 's1');
+    const off = await presence.disconnected('dev-1', 'mqtt-ws', 's1', 'keepalive_timeout');
+    assert.ok(on && off);
+    assert.deepEqual(seen, [on, off], 'each listener gets the very event the call resolves');
+    assert.deepEqual({ ...on }, { deviceId: 'dev-1', protocol: 'mqtt-ws', online: true, reason: 'connected', at: on.at, version: 1 });
+    assert.deepEqual({ ...off }, { deviceId: 'dev-1', protocol: 'mqtt-ws', online: false, reason: 'keepalive_timeout', at: off.at, version: 2 });
+    assert.equal(errors.length, 1, 'the throw is logged');
+    assert.equal(presence.isOnline('dev-1'), false);
+  });
+
+  it('a failing registry rejects that update but later updates of the device still run', async (t) => {
+    const { registry, presence } = await setup(t);
+    const update = registry.update.bind(registry);
+    let fail = true;
+    registry.update = async (id, patch) => {
+      if (fail) throw new Error('store down');
+      return update(id, patch);
+    };
+    await assert.rejects(presence.connected('dev-1', 'mqtt', 's1'), /store down/);
+    fail = false;
+    const off = await presence.disconnected('dev-1', 'mqtt', 's1', 'connection_lost');
+    assert.ok(off && off.version >= 1);
+    const rec = await registry.get('dev-1');
+    assert.equal(rec?.online, false);
+    assert.equal(rec?.presenceVersion, off.version);
+    assert.equal((await presence.connected('dev-1', 'mqtt', 's2'))?.version, off.version + 1);
+  });
+});
