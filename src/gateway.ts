@@ -9,13 +9,16 @@ import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './log.js';
 import { PACKAGE_VERSION, BUNDLED_SCHEMAS_DIR } from './package-info.js';
-import { listDeviceTypes } from './codecs/registry.js';
+import { SchemaRegistry } from './codecs/registry.js';
 import { CredentialIndex } from './core/credentials.js';
 import { DeviceService } from './core/devices.js';
 import { EventBus } from './core/events.js';
 import { PresenceService } from './core/presence.js';
 import { RateLimiter } from './core/rate-limit.js';
-import type { DeviceRegistry } from './core/ports.js';
+import type { DeviceRegistry, TelemetryStore } from './core/ports.js';
+import { TelemetryService } from './core/telemetry.js';
+import { MemoryTelemetryStore } from './stores/memory/telemetry.js';
+import { telemetryCounters } from './telemetry-metrics.js';
 import { MemoryDeviceRegistry } from './stores/memory/registry.js';
 import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions, CA_FILES } from './pki/index.js';
 import { buildHttpApp } from './http/app.js';
@@ -51,6 +54,7 @@ export interface Gateway {
 export interface GatewayDeps {
   log?: Logger;
   registry?: DeviceRegistry;
+  telemetryStore?: TelemetryStore;
 }
 
 export async function buildGateway(config: Config, deps: GatewayDeps = {}): Promise<Gateway> {
@@ -75,18 +79,32 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   };
   const credentials = new CredentialIndex(ca, ledger);
   const schemasDir = config.schemas.dir || BUNDLED_SCHEMAS_DIR;
-  const deviceTypes = listDeviceTypes(schemasDir);
+  // A broken schema stops the start here, naming file, line and reason.
+  const schemas = await SchemaRegistry.load(schemasDir, { maxBytes: config.limits.telemetryBytes, maxDepth: config.limits.telemetryDepth });
   const devices = new DeviceService({
     ca,
     ledger,
     registry,
     credentials,
-    isKnownType: (t) => deviceTypes.has(t),
+    isKnownType: (t) => schemas.has(t),
     log: log.child({ module: 'devices' }),
   });
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
+  const telemetryStore = deps.telemetryStore ?? new MemoryTelemetryStore(config.telemetry);
+  const telemetry = new TelemetryService({
+    decoderFor: (type) => schemas.get(type),
+    store: telemetryStore,
+    bus,
+    counters: telemetryCounters(metrics),
+    log: log.child({ module: 'telemetry' }),
+  });
+  const typeOf = (deviceId: string) => {
+    const record = credentials.get(deviceId);
+    return record && record.revokedAt === null ? record.type : undefined;
+  };
+  credentials.on('revoked', (record) => void telemetryStore.forget(record.id));
   new Gauge({
     name: 'iotgate_devices_known',
     help: 'Devices with live credentials',
@@ -116,6 +134,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     })(),
     devices,
     authenticateDevice: (token) => credentials.authenticateToken(token),
+    telemetry: { telemetry, store: telemetryStore, typeOf },
+    schemas,
     metrics,
     readiness: async () => ({
       pki: { status: 'ok' },
@@ -169,6 +189,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
         bus,
         metrics,
         rateLimits,
+        ingestTelemetry: ({ deviceId, protocol, payload }) =>
+          telemetry.ingest({ deviceId, protocol, payload, type: typeOf(deviceId) ?? 'generic' }),
         verifyDeviceCertificate: (der) => verifyDeviceCertificate(der, { caCertPem: material.caCertPem }),
         verifyServiceToken: (token) => {
           try {
@@ -210,6 +232,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       await mqtt?.close();
       await Promise.all([http.close(), coap?.close()]);
       await presence.close();
+      await telemetryStore.close();
       rateLimits.messages.close();
       rateLimits.bytes.close();
       await registry.close();

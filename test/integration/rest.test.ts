@@ -195,7 +195,14 @@ describe('REST facade', { skip: !hasTool('openssl') && 'openssl is not installed
       { method: 'GET', path: '/v1/devices', scope: 'devices:read' },
       { method: 'GET', path: '/v1/devices/authz-1', scope: 'devices:read' },
       { method: 'DELETE', path: '/v1/devices/authz-1', scope: 'devices:write' },
+      { method: 'GET', path: '/v1/devices/authz-1/telemetry', scope: 'telemetry:read' },
+      { method: 'GET', path: '/v1/devices/authz-1/telemetry/latest', scope: 'telemetry:read' },
+      { method: 'GET', path: '/v1/schemas', scope: 'devices:read' },
+      { method: 'GET', path: '/v1/schemas/generic', scope: 'devices:read' },
     ];
+    /** Routes that take a device token instead of a service JWT. */
+    const deviceTokenRoutes = [{ method: 'POST', path: '/v1/devices/authz-1/telemetry' }];
+    const documentedPath = (path: string) => path.replace('authz-1', '{id}').replace('/v1/schemas/generic', '/v1/schemas/{type}');
 
     it('the route table covers every /v1 route in the OpenAPI document', async () => {
       const doc = await call(gw.url, 'GET', '/openapi.json');
@@ -203,7 +210,7 @@ describe('REST facade', { skip: !hasTool('openssl') && 'openssl is not installed
         .filter(([p]) => p.startsWith('/v1/'))
         .flatMap(([p, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${p}`))
         .sort();
-      const tested = routes.map((r) => `${r.method} ${r.path.replace('authz-1', '{id}')}`).sort();
+      const tested = [...routes, ...deviceTokenRoutes].map((r) => `${r.method} ${documentedPath(r.path)}`).sort();
       assert.deepEqual(documented, tested);
     });
 
@@ -215,7 +222,7 @@ describe('REST facade', { skip: !hasTool('openssl') && 'openssl is not installed
         assert.match(none.headers.get('www-authenticate') ?? '', /^Bearer/);
         assertProblem(await call(gw.url, r.method, r.path, { ...opts, token: 'garbage' }), 401);
         assertProblem(await call(gw.url, r.method, r.path, { ...opts, headers: { authorization: 'Basic dXNlcjpwYXNz' } }), 401);
-        const wrong = await call(gw.url, r.method, r.path, { ...opts, token: await gw.token('telemetry:read shadow:read') });
+        const wrong = await call(gw.url, r.method, r.path, { ...opts, token: await gw.token('firmware:write shadow:read') });
         assertProblem(wrong, 403, 'forbidden');
         assert.match(String(wrong.body.detail), new RegExp(r.scope));
         for (const scope of [r.scope, 'admin']) {
