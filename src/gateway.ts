@@ -13,6 +13,8 @@ import { SchemaRegistry } from './codecs/registry.js';
 import { CredentialIndex } from './core/credentials.js';
 import { DeviceService } from './core/devices.js';
 import { EventBus } from './core/events.js';
+import { EventHub } from './core/event-hub.js';
+import { WebhookDispatcher } from './upstream/webhooks.js';
 import { PresenceService } from './core/presence.js';
 import { RateLimiter } from './core/rate-limit.js';
 import type { DeviceRegistry, TelemetryStore } from './core/ports.js';
@@ -40,6 +42,8 @@ export interface Gateway {
   readonly log: Logger;
   readonly devices: DeviceService;
   readonly bus: EventBus;
+  readonly events: EventHub;
+  readonly webhooks: WebhookDispatcher;
   readonly presence: PresenceService;
   readonly credentials: CredentialIndex;
   readonly http: FastifyInstance;
@@ -72,6 +76,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   }
   const registry = deps.registry ?? new MemoryDeviceRegistry();
   const bus = new EventBus();
+  // Before anything can emit: every bus event becomes a CloudEvent once, for SSE and webhooks.
+  const events = new EventHub(bus, { bufferSize: config.events.bufferSize, log: log.child({ module: 'events' }) });
   const presence = new PresenceService(registry, bus, log.child({ module: 'presence' }));
   const rateLimits = {
     messages: new RateLimiter({ unit: 'messages', windows: config.limits.deviceMessages }),
@@ -92,6 +98,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
+  const webhooks = new WebhookDispatcher({ hub: events, upstreams: config.upstreams, log: log.child({ module: 'webhooks' }), metrics });
   const telemetryStore = deps.telemetryStore ?? new MemoryTelemetryStore(config.telemetry);
   const telemetry = new TelemetryService({
     decoderFor: (type) => schemas.get(type),
@@ -136,6 +143,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     authenticateDevice: (token) => credentials.authenticateToken(token),
     telemetry: { telemetry, store: telemetryStore, typeOf },
     schemas,
+    events: { hub: events, heartbeatMs: config.events.heartbeatMs, maxLagEvents: config.events.sseMaxLagEvents },
+    upstreams: webhooks,
     metrics,
     readiness: async () => ({
       pki: { status: 'ok' },
@@ -231,6 +240,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       // Stop accepting first, then close sessions and in-flight HTTP requests.
       await mqtt?.close();
       await Promise.all([http.close(), coap?.close()]);
+      await webhooks.close();
+      events.close();
       await presence.close();
       await telemetryStore.close();
       rateLimits.messages.close();
@@ -248,6 +259,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     log,
     devices,
     bus,
+    events,
+    webhooks,
     presence,
     credentials,
     http,

@@ -59,6 +59,12 @@ export async function runGateway(configFile: string | undefined): Promise<void> 
   } catch (err) {
     if (signalled) return; // the signal handler stops and exits
     log.fatal({ err }, 'iotgate failed to start');
+    if (err instanceof Error && err.name === 'SchemaLoadError') {
+      // A broken device-type schema is a configuration error: say which file and line, exit 2.
+      process.stderr.write(`schemas: ${err.message}\n`);
+      await gateway?.stop().catch(() => undefined);
+      process.exit(2);
+    }
     await gateway?.stop().catch(() => undefined);
     process.exit(1);
   }

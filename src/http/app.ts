@@ -14,6 +14,8 @@ import { openapiPlugin } from './plugins/openapi.js';
 import { httpMetricsPlugin } from './plugins/metrics.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
 import { deviceRoutes } from './routes/v1/devices.js';
+import { eventRoutes, type EventRoutesOptions } from './routes/v1/events.js';
+import { upstreamRoutes, type UpstreamRoutesOptions } from './routes/v1/upstreams.js';
 import { schemaRoutes, type SchemaCatalog } from './routes/v1/schemas.js';
 import { telemetryRoutes, type TelemetryRoutesOptions } from './routes/v1/telemetry.js';
 
@@ -27,6 +29,8 @@ export interface HttpAppDeps {
   devices: DeviceService;
   telemetry?: Omit<TelemetryRoutesOptions, 'devices'>;
   schemas?: SchemaCatalog;
+  events?: EventRoutesOptions;
+  upstreams?: UpstreamRoutesOptions['upstreams'];
   metrics: Registry;
   readiness: ReadinessProbe;
 }
@@ -58,5 +62,7 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
   await app.register(deviceRoutes, { devices: deps.devices });
   if (deps.telemetry) await app.register(telemetryRoutes, { devices: deps.devices, ...deps.telemetry });
   if (deps.schemas) await app.register(schemaRoutes, { catalog: deps.schemas });
+  if (deps.events) await app.register(eventRoutes, deps.events);
+  if (deps.upstreams) await app.register(upstreamRoutes, { upstreams: deps.upstreams });
   return app;
 }
