@@ -6,20 +6,15 @@
 /** Wire encodings a device type can use. */
 export type Encoding = 'json' | 'protobuf';
 
-/** Why telemetry was refused. `path` is a JSON Pointer into the document (`/lat`) when known. */
-export interface TelemetryRejection {
-  code: 'undecodable' | 'schema_violation' | 'too_large' | 'too_deep' | 'unsupported_content_type';
-  message: string;
-  path?: string;
-}
-
 /**
- * The outcome of decoding one telemetry payload. `value` is a fresh plain JSON object owned by the
- * caller; `deviceTime` is the device's own timestamp (epoch ms) when the payload carried a sane one.
+ * Why telemetry was refused, and the outcome of decoding one payload: core's types (the pipeline
+ * consumes them). `value` is a fresh plain JSON object owned by the caller; `deviceTime` is the
+ * device's own timestamp (epoch ms) when the payload carried a sane one.
  */
-export type DecodeResult =
-  | { ok: true; value: Record<string, unknown>; deviceTime: number | null }
-  | { ok: false; error: TelemetryRejection };
+import type { TelemetryDecodeResult, TelemetryRejection } from '../core/ports.js';
+
+export type { TelemetryRejection };
+export type DecodeResult = TelemetryDecodeResult;
 
 /** Size and depth bounds applied to every payload (config `limits.telemetryBytes` / `telemetryDepth`). */
 export interface CodecLimits {

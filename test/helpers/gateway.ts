@@ -72,6 +72,19 @@ export interface TestGateway {
   token(scope: string, opts?: { sub?: string; ttlSeconds?: number }): Promise<string>;
 }
 
+/** Environment for a gateway on 127.0.0.1 with every port 0 and its own certs dir. */
+export function loopbackEnv(certsDir: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    IOTGATE_HOST: '127.0.0.1',
+    IOTGATE_HTTP_PORT: '0',
+    IOTGATE_MQTT_PORT: '0',
+    IOTGATE_MQTTS_PORT: '0',
+    IOTGATE_COAP_PORT: '0',
+    IOTGATE_CERTS_DIR: certsDir,
+    ...extra,
+  };
+}
+
 /** Anything with node:test's `after` (a TestContext, or a suite stand-in from `suiteGateway`). */
 export interface Teardown {
   after(fn: () => unknown): void;
@@ -98,17 +111,7 @@ export function suiteGateway(env: Record<string, string> = {}): () => TestGatewa
 
 export async function build(t: Teardown, env: Record<string, string> = {}): Promise<TestGateway> {
   const certsDir = await mkdtemp(join(tmpdir(), 'iotgate-test-'));
-  const fullEnv: Record<string, string> = {
-    IOTGATE_HOST: '127.0.0.1',
-    IOTGATE_HTTP_PORT: '0',
-    IOTGATE_MQTT_PORT: '0',
-    IOTGATE_MQTTS_PORT: '0',
-    IOTGATE_COAP_PORT: '0',
-    IOTGATE_CERTS_DIR: certsDir,
-    IOTGATE_CERTS_SYNC_INTERVAL_MS: '200',
-    IOTGATE_LOG_LEVEL: 'debug',
-    ...env,
-  };
+  const fullEnv = loopbackEnv(certsDir, { IOTGATE_CERTS_SYNC_INTERVAL_MS: '200', IOTGATE_LOG_LEVEL: 'debug', ...env });
   const config = loadConfig(undefined, fullEnv);
   const { stream, capture } = captureLogs();
   const log = createLogger({ level: config.log.level, destination: stream });

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { TestContext } from 'node:test';
+import { loopbackEnv } from '../helpers/gateway.js';
 import { connectAsync } from 'mqtt';
 import { BIN, runCli, startGatewayProcess, type GatewayProcess } from '../helpers/cli.js';
 import { requireTool, run } from '../helpers/tools.js';
@@ -26,18 +27,7 @@ async function tempDir(t: TestContext, prefix = 'iotgate-proc-'): Promise<string
   return dir;
 }
 
-/** Environment for a gateway on 127.0.0.1 with every port 0 and its own certs dir. */
-function gatewayEnv(certsDir: string, extra: Record<string, string> = {}): Record<string, string> {
-  return {
-    IOTGATE_HOST: '127.0.0.1',
-    IOTGATE_HTTP_PORT: '0',
-    IOTGATE_MQTT_PORT: '0',
-    IOTGATE_MQTTS_PORT: '0',
-    IOTGATE_COAP_PORT: '0',
-    IOTGATE_CERTS_DIR: certsDir,
-    ...extra,
-  };
-}
+const gatewayEnv = loopbackEnv;
 
 function isRunning(child: { exitCode: number | null; signalCode: NodeJS.Signals | null }): boolean {
   return child.exitCode === null && child.signalCode === null;
