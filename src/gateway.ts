@@ -17,7 +17,10 @@ import { EventHub } from './core/event-hub.js';
 import { WebhookDispatcher } from './upstream/webhooks.js';
 import { PresenceService } from './core/presence.js';
 import { RateLimiter } from './core/rate-limit.js';
-import type { DeviceRegistry, TelemetryStore } from './core/ports.js';
+import type { DeviceRegistry, ShadowStore, TelemetryStore } from './core/ports.js';
+import { ShadowService } from './core/shadow-service.js';
+import { FirmwareService } from './core/firmware.js';
+import { MemoryShadowStore } from './stores/memory/shadows.js';
 import { TelemetryService } from './core/telemetry.js';
 import { MemoryTelemetryStore } from './stores/memory/telemetry.js';
 import { telemetryCounters } from './telemetry-metrics.js';
@@ -45,6 +48,7 @@ export interface Gateway {
   readonly events: EventHub;
   readonly webhooks: WebhookDispatcher;
   readonly presence: PresenceService;
+  readonly shadows: ShadowService;
   readonly credentials: CredentialIndex;
   readonly http: FastifyInstance;
   readonly metrics: Registry;
@@ -59,6 +63,7 @@ export interface GatewayDeps {
   log?: Logger;
   registry?: DeviceRegistry;
   telemetryStore?: TelemetryStore;
+  shadowStore?: ShadowStore;
 }
 
 export async function buildGateway(config: Config, deps: GatewayDeps = {}): Promise<Gateway> {
@@ -111,7 +116,19 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     const record = credentials.get(deviceId);
     return record && record.revokedAt === null ? record.type : undefined;
   };
-  credentials.on('revoked', (record) => void telemetryStore.forget(record.id));
+  const shadowStore = deps.shadowStore ?? new MemoryShadowStore();
+  const shadows = new ShadowService({
+    store: shadowStore,
+    bus,
+    limits: { maxStateBytes: config.limits.shadowStateBytes, maxDepth: config.limits.shadowDepth },
+    log: log.child({ module: 'shadows' }),
+  });
+  const firmware = new FirmwareService({ shadows, bus, registry, log: log.child({ module: 'firmware' }) });
+  credentials.on('revoked', (record) => {
+    void telemetryStore.forget(record.id);
+    void shadows.forgetDevice(record.id);
+    firmware.forgetDevice(record.id);
+  });
   new Gauge({
     name: 'iotgate_devices_known',
     help: 'Devices with live credentials',
@@ -141,8 +158,16 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     })(),
     devices,
     authenticateDevice: (token) => credentials.authenticateToken(token),
-    telemetry: { telemetry, store: telemetryStore, typeOf },
+    telemetry: {
+      telemetry,
+      store: telemetryStore,
+      typeOf,
+      limit: (deviceId, bytes) => rateLimits.messages.take(deviceId) ?? rateLimits.bytes.take(deviceId, bytes),
+      touch: (deviceId) => presence.touch(deviceId),
+    },
     schemas,
+    shadows,
+    firmware,
     events: { hub: events, heartbeatMs: config.events.heartbeatMs, maxLagEvents: config.events.sseMaxLagEvents },
     upstreams: webhooks,
     metrics,
@@ -198,6 +223,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
         bus,
         metrics,
         rateLimits,
+        shadows,
         ingestTelemetry: ({ deviceId, protocol, payload }) =>
           telemetry.ingest({ deviceId, protocol, payload, type: typeOf(deviceId) ?? 'generic' }),
         verifyDeviceCertificate: (der) => verifyDeviceCertificate(der, { caCertPem: material.caCertPem }),
@@ -240,10 +266,12 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       // Stop accepting first, then close sessions and in-flight HTTP requests.
       await mqtt?.close();
       await Promise.all([http.close(), coap?.close()]);
+      firmware.close();
       await webhooks.close();
       events.close();
       await presence.close();
       await telemetryStore.close();
+      await shadowStore.close();
       rateLimits.messages.close();
       rateLimits.bytes.close();
       await registry.close();
@@ -262,6 +290,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     events,
     webhooks,
     presence,
+    shadows,
     credentials,
     http,
     metrics,

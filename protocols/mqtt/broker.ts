@@ -18,6 +18,7 @@ import { createPreConnect, type ConnectFacts } from './hooks/pre-connect.js';
 import { boundedMemoryPersistence } from './offline-queue.js';
 import { publishStatus } from './reports.js';
 import { SessionTable } from './sessions.js';
+import { attachShadowBridge } from './shadow.js';
 import type { MqttEdgeDeps } from './types.js';
 
 export interface MqttBroker {
@@ -72,6 +73,11 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
   });
   aedesRef = aedes;
   ctx.aedes = aedes;
+  ctx.isQos2Retransmission = (client, packet) =>
+    offline.persistence.incomingGetPacket(client, packet).then(
+      () => true,
+      () => false,
+    );
 
   let closing = false;
 
@@ -110,6 +116,11 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
     log.debug({ clientId: client?.id, err: err.message }, 'mqtt connection error');
   });
 
+  const detachShadows = attachShadowBridge(aedes, deps.bus, deps.shadows, (client) => {
+    const p = sessions.principal(client);
+    return p?.kind === 'device' ? p.deviceId : null;
+  });
+
   const onStatus = (event: { deviceId: string; online: boolean; reason: string; at: number; version: number }) => {
     if (!aedes.closed) void publishStatus(aedes, event.deviceId, event);
   };
@@ -135,6 +146,7 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
       closing = true;
       deps.bus.off('device.connected', onStatus);
       deps.bus.off('device.disconnected', onStatus);
+      detachShadows();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
     },
   };

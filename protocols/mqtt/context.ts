@@ -1,5 +1,5 @@
 /** Shared state of the MQTT edge's hooks: deps, the session table, the broker, and counters. */
-import type { Aedes } from 'aedes';
+import type { Aedes, Client, PublishPacket } from 'aedes';
 import { Counter } from 'prom-client';
 import type { SessionTable } from './sessions.js';
 import type { MqttEdgeDeps } from './types.js';
@@ -22,6 +22,8 @@ export interface EdgeContext {
   sessions: SessionTable;
   /** Set once the broker exists (hooks run only after that). */
   aedes: Aedes;
+  /** A QoS 2 PUBLISH whose id is already stored: a retransmission aedes answers without publishing. */
+  isQos2Retransmission(client: Client, packet: PublishPacket): Promise<boolean>;
   messagesIn: Counter<'listener'>;
   messagesOut: Counter;
   rejections: Counter<'reason'>;

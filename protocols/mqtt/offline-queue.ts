@@ -9,6 +9,8 @@ type Sub = { clientId: string };
 /** The part of aedes-persistence's promise API this wrapper touches (its typings are callback-style). */
 export interface Persistence {
   outgoingEnqueueCombi(subs: Sub[], packet: unknown): Promise<void>;
+  /** Resolves when a QoS 2 packet with this id from this client is stored (a retransmission); rejects otherwise. */
+  incomingGetPacket(client: unknown, packet: unknown): Promise<unknown>;
 }
 // aedes-persistence is CommonJS whose types declare only the callback API; aedes 1.x uses the
 // promise API of the same object (its own default is this very factory).

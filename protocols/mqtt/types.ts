@@ -6,6 +6,7 @@ import type { PresenceService } from '../../src/core/presence.js';
 import type { RateLimiter } from '../../src/core/rate-limit.js';
 import type { DeviceProtocol } from '../../src/core/model.js';
 import type { IngestOutcome } from '../../src/core/telemetry.js';
+import type { ShadowService } from '../../src/core/shadow-service.js';
 
 export type MqttPrincipal =
   | { kind: 'device'; deviceId: string }
@@ -37,6 +38,7 @@ export interface MqttEdgeDeps {
   rateLimits: { messages: RateLimiter; bytes: RateLimiter };
   /** Verifies a presented client certificate (DER) against the CA with node:crypto. */
   verifyDeviceCertificate(der: Buffer): CertificateCheck;
+  shadows: ShadowService;
   /** The telemetry pipeline; a promise only when the store is asynchronous. */
   ingestTelemetry(input: { deviceId: string; protocol: DeviceProtocol; payload: Buffer }): IngestOutcome | Promise<IngestOutcome>;
   /** A verified service JWT, or null. */

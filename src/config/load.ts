@@ -157,7 +157,9 @@ export function loadConfig(file: string | undefined, env: NodeJS.ProcessEnv = pr
     }
     const keyPath = issue.path.map(String).join('.');
     const envName = ENV_BY_PATH.get(keyPath);
-    lines.push(`config: ${keyPath}${envName ? ` (${envName})` : ''} = ${show(getPath(input, issue.path))}: ${allowed(issue)}`);
+    // Header values (webhook credentials) are never echoed.
+    const value = issue.path.includes('headers') ? '[Redacted]' : show(getPath(input, issue.path));
+    lines.push(`config: ${keyPath}${envName ? ` (${envName})` : ''} = ${value}: ${allowed(issue)}`);
   }
   throw new ConfigError(lines);
 }

@@ -5,6 +5,7 @@
  * IOTGATE_REDIS_URL, `limits.mqttPacketBytes` → IOTGATE_LIMITS_MQTT_PACKET_BYTES); see load.ts.
  */
 import { z } from 'zod';
+import { HEADER_NAME, HEADER_VALUE, RESERVED_HEADERS } from '../upstream/delivery.js';
 import { CLOUD_EVENT_TYPES } from '../core/cloudevents.js';
 
 const portError = { error: 'expected an integer from 0 to 65535 (0 = any free port)' };
@@ -28,9 +29,8 @@ const listener = (defaultPort: number) => z.strictObject({ port: port.default(de
 const rateWindowsError = { error: 'expected a list of {limit, windowMs} with positive integers' };
 const rateWindows = z.array(z.strictObject({ limit: positiveInt, windowMs: positiveInt }), rateWindowsError).max(8, rateWindowsError);
 
-// Issue 4 item 6 (events): SSE buffer and webhook upstreams (contract §9). Header names are checked
-// by the dispatcher, not here: a config error line prints the offending value, and header values
-// may be secrets.
+// Issue 4 item 6 (events): SSE buffer and webhook upstreams (contract §9). Header values may be
+// secrets: config error lines never print them (load.ts redacts everything under `headers`).
 const upstreamName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, { error: 'expected a name of letters, digits, ".", "_" or "-" (max 64)' });
 const upstream = z.strictObject({
   name: upstreamName,
@@ -38,7 +38,16 @@ const upstream = z.strictObject({
   /** CloudEvent types sent to this upstream; default all. */
   types: z.array(z.enum(CLOUD_EVENT_TYPES)).min(1).default([...CLOUD_EVENT_TYPES]),
   /** Extra request headers (e.g. Authorization). Never logged. */
-  headers: z.record(z.string().min(1), z.union([z.string(), z.number()], { error: 'expected a string header value' }).transform(String)).default({}),
+  headers: z
+    .record(z.string().min(1), z.union([z.string(), z.number()], { error: 'expected a string header value' }).transform(String))
+    .superRefine((headers, ctx) => {
+      for (const [name, value] of Object.entries(headers)) {
+        if (!HEADER_NAME.test(name)) ctx.addIssue({ code: 'custom', path: [name], message: 'expected an HTTP header name (RFC 9110 token)' });
+        else if (RESERVED_HEADERS.has(name.toLowerCase())) ctx.addIssue({ code: 'custom', path: [name], message: 'expected a header the gateway does not set itself' });
+        else if (!HEADER_VALUE.test(value)) ctx.addIssue({ code: 'custom', path: [name], message: 'expected a header value without control characters' });
+      }
+    })
+    .default({}),
   timeoutMs: positiveInt.max(300_000).default(5000),
   maxAttempts: positiveInt.max(100).default(5),
   /** Events waiting per upstream; when full the oldest is dead-lettered (`queue_full`). */

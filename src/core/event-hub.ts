@@ -94,6 +94,11 @@ export const BUS_EVENT_MAPPERS: BusMappers = {
   telemetry: (record) => toCloudEvent('iotgate.telemetry', record.deviceId, record),
   'device.connected': (e) => toCloudEvent('iotgate.device.connected', e.deviceId, { ...e }, { time: e.at }),
   'device.disconnected': (e) => toCloudEvent('iotgate.device.disconnected', e.deviceId, { ...e }, { time: e.at }),
+  'shadow.updated': (e) =>
+    toCloudEvent('iotgate.shadow.updated', e.deviceId, { deviceId: e.deviceId, name: e.name, writer: e.writer, version: e.version, deleted: false, ...e.documents }),
+  'firmware.updated': (e) => toCloudEvent('iotgate.firmware.updated', e.deviceId, e.job, { time: e.job.updatedAt }),
+  'shadow.deleted': (e) =>
+    toCloudEvent('iotgate.shadow.updated', e.deviceId, { deviceId: e.deviceId, name: e.name, writer: e.writer, version: e.version, deleted: true }),
 };
 
 export class EventHub {

@@ -4,6 +4,8 @@
  */
 import { EventEmitter } from 'node:events';
 import type { DeviceProtocol, TelemetryRecord } from './model.js';
+import type { FirmwareJob } from './firmware.js';
+import type { AcceptedDocument, DeltaDocument, DocumentsDocument, Writer } from './shadow.js';
 
 export type DisconnectReason =
   | 'client_disconnect'
@@ -37,11 +39,39 @@ export interface DeviceDisconnected extends DeviceStatus {
   reason: DisconnectReason;
 }
 
+/** An accepted shadow update (any door); the MQTT edge publishes accepted/documents/delta from it. */
+export interface ShadowUpdated {
+  deviceId: string;
+  /** '' for the classic shadow */
+  name: string;
+  writer: Writer;
+  version: number;
+  accepted: AcceptedDocument;
+  documents: DocumentsDocument;
+  delta: DeltaDocument | null;
+}
+
+export interface ShadowDeleted {
+  deviceId: string;
+  name: string;
+  writer: Writer;
+  version: number;
+  accepted: { version: number; timestamp: number; clientToken?: string };
+}
+
+export interface FirmwareUpdated {
+  deviceId: string;
+  job: FirmwareJob;
+}
+
 export interface GatewayEvents {
   'device.connected': [event: DeviceConnected];
   'device.disconnected': [event: DeviceDisconnected];
   /** Accepted telemetry, after it is stored. */
   telemetry: [record: TelemetryRecord];
+  'shadow.updated': [event: ShadowUpdated];
+  'shadow.deleted': [event: ShadowDeleted];
+  'firmware.updated': [event: FirmwareUpdated];
 }
 
 export class EventBus extends EventEmitter<GatewayEvents> {}

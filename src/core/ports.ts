@@ -3,6 +3,7 @@
  * its own issue), and each ships a contract suite in test/contracts/ that every implementation runs.
  */
 import type { CertificateInfo, CredentialRecord, DeviceRecord, TelemetryRecord } from './model.js';
+import type { StoredShadow } from './shadow.js';
 
 export interface DeviceListQuery {
   type?: string;
@@ -120,4 +121,22 @@ export type TelemetryDecodeResult =
 /** Decode + validate of one device type's telemetry (src/codecs implements it). */
 export interface TelemetryDecoder {
   decodeTelemetry(payload: Buffer, contentType?: 'json' | 'protobuf'): TelemetryDecodeResult;
+}
+
+/**
+ * Device shadows, one document per (device, name); name '' is the classic shadow. Writes are
+ * compare-and-set on the version, so concurrent writers never lose an update.
+ */
+export interface ShadowStore {
+  get(deviceId: string, name: string): Promise<StoredShadow | null>;
+  /**
+   * Stores `next` only if the stored version is `expectedVersion` (null: no document yet).
+   * Resolves false, changing nothing, when another write got there first.
+   */
+  compareAndSet(deviceId: string, name: string, expectedVersion: number | null, next: StoredShadow): Promise<boolean>;
+  /** Names of the device's named shadows (not the classic one), sorted. */
+  names(deviceId: string): Promise<string[]>;
+  /** Drops every shadow of a device (it was deleted). */
+  forgetDevice(deviceId: string): Promise<void>;
+  close(): Promise<void>;
 }

@@ -2,7 +2,8 @@
  * Presence, protocol-neutral: a device is online while it has at least one session. Every change
  * bumps a per-device version, updates the registry and emits device.connected/disconnected on the
  * bus (the MQTT edge turns those into the retained `devices/{id}/status`). Updates of one device are
- * applied in order; `lastSeen` from traffic is batched so the hot path does no store write.
+ * applied in order; `lastSeen` from traffic (any protocol) is batched so the hot path does no store
+ * write.
  */
 import type { Logger } from 'pino';
 import type { DeviceRegistry } from './ports.js';
@@ -100,8 +101,10 @@ export class PresenceService {
     const batch = [...this.seen];
     this.seen.clear();
     for (const [deviceId, at] of batch) {
+      // Traffic without a session (HTTP ingestion) counts too; only ever move lastSeen forward.
       await this.inOrder(deviceId, async () => {
-        if (this.isOnline(deviceId)) await this.registry.update(deviceId, { lastSeen: at });
+        const current = await this.registry.get(deviceId);
+        if (current && (current.lastSeen ?? 0) < at) await this.registry.update(deviceId, { lastSeen: at });
       }).catch((err: unknown) => this.log.warn({ err, deviceId }, 'could not record lastSeen'));
     }
   }

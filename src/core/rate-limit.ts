@@ -20,6 +20,9 @@ export interface RateRefusal {
   /** e.g. "20 messages per 1s" */
   limit: string;
   window: string;
+  /** The exceeded window as numbers (for RateLimit-* headers). */
+  max: number;
+  windowMs: number;
   retryAfterMs: number;
 }
 
@@ -73,7 +76,7 @@ export class RateLimiter {
         const wait = amount > w.limit ? w.windowMs : Math.ceil(((amount - tokens) * w.windowMs) / w.limit);
         if (refusal === null || wait > refusal.retryAfterMs) {
           const window = describeWindow(w.windowMs);
-          refusal = { limit: `${w.limit} ${this.rule.unit} per ${window}`, window, retryAfterMs: wait };
+          refusal = { limit: `${w.limit} ${this.rule.unit} per ${window}`, window, max: w.limit, windowMs: w.windowMs, retryAfterMs: wait };
         }
       }
     }

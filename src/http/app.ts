@@ -17,6 +17,10 @@ import { deviceRoutes } from './routes/v1/devices.js';
 import { eventRoutes, type EventRoutesOptions } from './routes/v1/events.js';
 import { upstreamRoutes, type UpstreamRoutesOptions } from './routes/v1/upstreams.js';
 import { schemaRoutes, type SchemaCatalog } from './routes/v1/schemas.js';
+import { shadowRoutes } from './routes/v1/shadows.js';
+import { firmwareRoutes } from './routes/v1/firmware.js';
+import type { FirmwareService } from '../core/firmware.js';
+import type { ShadowService } from '../core/shadow-service.js';
 import { telemetryRoutes, type TelemetryRoutesOptions } from './routes/v1/telemetry.js';
 
 export interface HttpAppDeps {
@@ -29,6 +33,8 @@ export interface HttpAppDeps {
   devices: DeviceService;
   telemetry?: Omit<TelemetryRoutesOptions, 'devices'>;
   schemas?: SchemaCatalog;
+  shadows?: ShadowService;
+  firmware?: FirmwareService;
   events?: EventRoutesOptions;
   upstreams?: UpstreamRoutesOptions['upstreams'];
   metrics: Registry;
@@ -62,6 +68,8 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
   await app.register(deviceRoutes, { devices: deps.devices });
   if (deps.telemetry) await app.register(telemetryRoutes, { devices: deps.devices, ...deps.telemetry });
   if (deps.schemas) await app.register(schemaRoutes, { catalog: deps.schemas });
+  if (deps.shadows) await app.register(shadowRoutes, { devices: deps.devices, shadows: deps.shadows });
+  if (deps.firmware) await app.register(firmwareRoutes, { devices: deps.devices, firmware: deps.firmware });
   if (deps.events) await app.register(eventRoutes, deps.events);
   if (deps.upstreams) await app.register(upstreamRoutes, { upstreams: deps.upstreams });
   return app;

@@ -20,13 +20,16 @@ export interface Device {
   caPem: string;
 }
 
-/** `POST /v1/register` with a key and CSR made by openssl (RSA 2048 or EC P-256). */
-export async function registerDevice(gw: TestGateway, id: string, kind: 'rsa' | 'ec' = 'ec'): Promise<Device> {
+/**
+ * `POST /v1/register` with a key and CSR made by openssl (RSA 2048 or EC P-256), optionally with a
+ * device type (`type` is left out of the request when not given: the gateway's default, generic).
+ */
+export async function registerDevice(gw: TestGateway, id: string, kind: 'rsa' | 'ec' = 'ec', type?: string): Promise<Device> {
   const { keyPem, csrPem } = opensslCsr(id, kind);
   const res = await fetch(`${gw.url}/v1/register`, {
     method: 'POST',
     headers: { authorization: `Bearer ${await gw.token('provision')}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ id, csr: csrPem }),
+    body: JSON.stringify({ id, csr: csrPem, ...(type !== undefined && { type }) }),
   });
   const body = (await res.json()) as { token: string; certificate: string; caCertificate: string };
   assert.equal(res.status, 201, JSON.stringify(body));

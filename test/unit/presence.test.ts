@@ -198,7 +198,7 @@ describe('PresenceService', () => {
     assert.equal((await registry.get('dev-1'))?.presenceVersion, 3);
   });
 
-  it('touch + flushSeen writes lastSeen only while the device is online', async (t) => {
+  it('touch + flushSeen moves lastSeen forward, also for traffic without a session', async (t) => {
     const { registry, presence } = await setup(t, ['dev-1', 'dev-2']);
     const on = await presence.connected('dev-1', 'mqtt', 's1');
     assert.ok(on);
@@ -210,7 +210,7 @@ describe('PresenceService', () => {
 
     presence.touch('dev-2', 123);
     await presence.flushSeen();
-    assert.equal((await registry.get('dev-2'))?.lastSeen, null, 'an offline device is not written');
+    assert.equal((await registry.get('dev-2'))?.lastSeen, 123, 'traffic without a session (HTTP) is written');
 
     presence.touch('dev-1', on.at + 3000);
     const off = await presence.disconnected('dev-1', 'mqtt', 's1', 'client_disconnect');
@@ -218,9 +218,13 @@ describe('PresenceService', () => {
     await presence.flushSeen();
     assert.equal((await registry.get('dev-1'))?.lastSeen, off.at, 'a touch before going offline is not written after it');
 
+    presence.touch('dev-1', off.at - 1);
+    await presence.flushSeen();
+    assert.equal((await registry.get('dev-1'))?.lastSeen, off.at, 'an older touch never moves lastSeen back');
+
     presence.touch('dev-1', off.at + 5000);
     await presence.flushSeen();
-    assert.equal((await registry.get('dev-1'))?.lastSeen, off.at, 'a touch while offline is not written');
+    assert.equal((await registry.get('dev-1'))?.lastSeen, off.at + 5000, 'later traffic (e.g. HTTP) is written');
 
     presence.touch('ghost', 5);
     await presence.flushSeen();

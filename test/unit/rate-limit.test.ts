@@ -45,8 +45,8 @@ describe('RateLimiter', () => {
     const l = limiter(t, { unit: 'messages', windows: [{ limit: 5, windowMs: 1000 }] });
     assert.equal(l.enabled, true);
     for (let i = 0; i < 5; i++) assert.equal(l.take('dev-1', 1, T0), null, `message ${i + 1}`);
-    assert.deepEqual(l.take('dev-1', 1, T0), { limit: '5 messages per 1s', window: '1s', retryAfterMs: 200 });
-    assert.deepEqual(l.take('dev-1', 1, T0 + 50), { limit: '5 messages per 1s', window: '1s', retryAfterMs: 150 }, 'partly refilled');
+    assert.deepEqual(l.take('dev-1', 1, T0), { limit: '5 messages per 1s', window: '1s', max: 5, windowMs: 1000, retryAfterMs: 200 });
+    assert.deepEqual(l.take('dev-1', 1, T0 + 50), { limit: '5 messages per 1s', window: '1s', max: 5, windowMs: 1000, retryAfterMs: 150 }, 'partly refilled');
   });
 
   it('refills continuously over time', (t) => {

@@ -13,7 +13,8 @@
 import type { Client, PublishPacket } from 'aedes';
 import type { EdgeContext, RejectionReason } from '../context.js';
 import { publishError, REASON, type ErrorDocument } from '../reports.js';
-import { devicePublishVerdict, servicePublishVerdict, telemetryTopic, topicProblem } from '../topics.js';
+import { deviceRelative, devicePublishVerdict, servicePublishVerdict, telemetryTopic, topicProblem } from '../topics.js';
+import { handleShadowRequest, parseShadowRequest } from '../shadow.js';
 import type { IngestOutcome } from '../../../src/core/telemetry.js';
 
 export const DROPPED_TOPIC = '$iotgate/dropped';
@@ -74,21 +75,40 @@ export function createAuthorizePublish(ctx: EdgeContext) {
     }
     const protocol = ctx.sessions.connection(client)?.protocol ?? 'mqtt';
     ctx.messagesIn.inc({ listener: protocol });
-    if (deviceId === null || topic !== telemetryTopic(deviceId)) return callback(null);
+    if (deviceId === null) return callback(null);
+    if (topic !== telemetryTopic(deviceId)) {
+      const shadowRequest = parseShadowRequest(deviceRelative(topic, deviceId) ?? '');
+      if (shadowRequest === null) return callback(null);
+      // A request to the gateway, not a message for subscribers: answer it, forward nothing.
+      const payload = packet.payload as Buffer;
+      drop(packet);
+      handleShadowRequest(ctx.aedes, ctx.deps.shadows, deviceId, shadowRequest, payload).then(
+        () => callback(null),
+        (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
+      );
+      return;
+    }
 
     const finish = (outcome: IngestOutcome) => {
       if (!outcome.ok) {
         const { message, path } = outcome.error;
         refuse(packet, deviceId, 'telemetry_rejected', {
           code: REASON.payloadFormatInvalid,
-          message: path ? `${path}: ${message}` : message,
+          message: path && !message.startsWith(path) ? `${path}: ${message}` : message,
           topic,
         });
       }
       callback(null);
     };
-    const outcome = ingestTelemetry({ deviceId, protocol, payload: packet.payload as Buffer });
-    if (outcome instanceof Promise) outcome.then(finish, (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))));
-    else finish(outcome);
+    const fail = (err: unknown) => callback(err instanceof Error ? err : new Error(String(err)));
+    const ingest = () => {
+      const outcome = ingestTelemetry({ deviceId, protocol, payload: packet.payload as Buffer });
+      if (outcome instanceof Promise) outcome.then(finish, fail);
+      else finish(outcome);
+    };
+    if (packet.qos !== 2) return ingest();
+    // [MQTT-4.3.3-2] aedes checks for a QoS 2 retransmission only after this hook: a message it
+    // will not publish again must not be stored again either.
+    ctx.isQos2Retransmission(client, packet).then((again) => (again ? callback(null) : ingest()), fail);
   };
 }

@@ -8,6 +8,7 @@ import type { TelemetryQuery, TelemetryStore } from '../../../core/ports.js';
 import type { DeviceService } from '../../../core/devices.js';
 import type { TelemetryService } from '../../../core/telemetry.js';
 import { GatewayError } from '../../../core/errors.js';
+import type { RateRefusal } from '../../../core/rate-limit.js';
 import { problemSchema } from '../../problem.js';
 import { authErrorResponses, deviceIdSchema, serviceSecurity } from '../../schemas.js';
 
@@ -40,6 +41,10 @@ export interface TelemetryRoutesOptions {
   store: TelemetryStore;
   /** The device type of a known device, or undefined. */
   typeOf: (deviceId: string) => string | undefined;
+  /** Per-device rate limits shared with MQTT (messages, then bytes); null when allowed. */
+  limit: (deviceId: string, bytes: number) => RateRefusal | null;
+  /** Records traffic for presence (lastSeen). */
+  touch: (deviceId: string) => void;
 }
 
 export const telemetryRoutes: FastifyPluginAsyncZod<TelemetryRoutesOptions> = async (app, opts) => {
@@ -108,18 +113,33 @@ export const telemetryRoutes: FastifyPluginAsyncZod<TelemetryRoutesOptions> = as
           security: [{ deviceToken: [] }],
           params,
           consumes: ['application/json', 'application/x-protobuf'],
-          response: { 202: z.object({ id: z.string(), receivedAt: z.number() }), 400: problemSchema, 413: problemSchema, 415: problemSchema, ...authErrorResponses },
+          response: { 202: z.object({ id: z.string(), receivedAt: z.number() }), 400: problemSchema, 413: problemSchema, 415: problemSchema, 429: problemSchema, ...authErrorResponses },
         },
       },
       async (request, reply) => {
         const deviceId = request.params.id;
         const type = opts.typeOf(deviceId);
         if (type === undefined) throw new GatewayError('device_not_found', `device ${deviceId} is not known`);
-        const contentType = request.headers['content-type']?.includes('protobuf') ? 'protobuf' : 'json';
-        const outcome = await opts.telemetry.ingest({ deviceId, type, protocol: 'http', payload: request.body as Buffer, contentType });
+        const body = request.body as Buffer;
+        const refusal = opts.limit(deviceId, body.length);
+        if (refusal) {
+          const seconds = Math.max(1, Math.ceil(refusal.retryAfterMs / 1000));
+          reply.header('retry-after', String(seconds));
+          reply.header('ratelimit-limit', String(refusal.max));
+          reply.header('ratelimit-remaining', '0');
+          reply.header('ratelimit-reset', String(seconds));
+          reply.header('ratelimit-policy', `${refusal.max};w=${Math.ceil(refusal.windowMs / 1000)}`);
+          throw new GatewayError('rate_limited', `rate limit exceeded: ${refusal.limit}; retry in ${seconds} s`, { details: { limit: refusal.limit } });
+        }
+        opts.touch(deviceId);
+        // Media types are case-insensitive (RFC 9110 §8.3.1).
+        const mediaType = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+        const contentType = mediaType === 'application/x-protobuf' || mediaType === 'application/protobuf' ? 'protobuf' : 'json';
+        const outcome = await opts.telemetry.ingest({ deviceId, type, protocol: 'http', payload: body, contentType });
         if (!outcome.ok) {
           const { code, message, path } = outcome.error;
-          throw new GatewayError(code === 'too_large' ? 'payload_too_large' : 'validation_failed', message, {
+          const status = code === 'too_large' ? 'payload_too_large' : code === 'unsupported_content_type' ? 'unsupported_media_type' : 'validation_failed';
+          throw new GatewayError(status, message, {
             details: { reason: code, ...(path !== undefined && { errors: [{ path: `body${path.replace(/\//g, '.')}`, message }] }) },
           });
         }
