@@ -8,7 +8,7 @@
 import type { Aedes, Client, Subscription } from 'aedes';
 import type { EventBus, ShadowDeleted, ShadowUpdated } from '../../src/core/events.js';
 import type { ShadowService } from '../../src/core/shadow-service.js';
-import { errorDocument } from '../../src/core/shadow.js';
+import { errorDocument, MAX_CLIENT_TOKEN_BYTES } from '../../src/core/shadow.js';
 import { DEVICES_PREFIX } from './topics.js';
 
 export type ShadowOp = 'get' | 'update' | 'delete';
@@ -50,7 +50,7 @@ function clientTokenOf(payload: Buffer): string | undefined {
   if (payload.length === 0 || payload.length > 65_536) return undefined;
   try {
     const v = JSON.parse(payload.toString('utf8')) as { clientToken?: unknown };
-    return typeof v?.clientToken === 'string' && v.clientToken.length <= 64 ? v.clientToken : undefined;
+    return typeof v?.clientToken === 'string' && Buffer.byteLength(v.clientToken, 'utf8') <= MAX_CLIENT_TOKEN_BYTES ? v.clientToken : undefined;
   } catch {
     return undefined;
   }
@@ -99,7 +99,8 @@ export function attachShadowBridge(aedes: Aedes, bus: EventBus, shadows: ShadowS
         if (!filters.some((f) => topicMatches(f, topic))) continue;
         const delta = await shadows.delta(deviceId, name);
         if (delta && !client.closed) {
-          client.publish({ cmd: 'publish', topic, payload: Buffer.from(JSON.stringify(delta)), qos: 1, retain: false, dup: false });
+          // aedes calls the callback after the write: without one it throws.
+          client.publish({ cmd: 'publish', topic, payload: Buffer.from(JSON.stringify(delta)), qos: 1, retain: false, dup: false }, () => undefined);
         }
       }
     })().catch(() => undefined);

@@ -99,8 +99,9 @@ export class FirmwareService {
     let current = this.current.get(deviceId) ?? null;
     if (current === null) {
       const shadow = await this.deps.shadows.get(deviceId, '');
-      const reported = shadow.ok ? (shadow.document.state.reported?.firmware as { version?: unknown } | undefined) : undefined;
-      if (typeof reported?.version === 'string') current = reported.version;
+      const reported = shadow.ok ? (shadow.document.state.reported?.firmware as { version?: unknown; state?: unknown } | undefined) : undefined;
+      // Only a version that runs: a plain report or a succeeded one, not a download in progress or a failure.
+      if (typeof reported?.version === 'string' && (reported.state === undefined || reported.state === 'succeeded')) current = reported.version;
     }
     return { current, target: job?.target.version ?? null, state: job?.state ?? null, progress: job?.progress ?? null, error: job?.error ?? null, job };
   }

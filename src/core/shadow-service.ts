@@ -74,8 +74,11 @@ export class ShadowService {
     return exists(s) ? deltaDocument(s) : null;
   }
 
-  names(deviceId: string): Promise<string[]> {
-    return this.deps.store.names(deviceId);
+  /** Names of the device's named shadows that exist (a deleted one stays stored to keep its version). */
+  async names(deviceId: string): Promise<string[]> {
+    const names = await this.deps.store.names(deviceId);
+    const docs = await Promise.all(names.map((n) => this.deps.store.get(deviceId, n)));
+    return names.filter((_, i) => exists(docs[i] ?? null));
   }
 
   /**
@@ -92,7 +95,7 @@ export class ShadowService {
     const bad = this.checkName(name);
     if (bad) return { ok: false, error: bad };
     const parsed = parseUpdateRequest(body, writer, this.deps.limits);
-    if (!parsed.ok) return { ok: false, error: parsed.error };
+    if (!parsed.ok) return { ok: false, error: parsed.error, clientToken: parsed.clientToken };
     const request = parsed.request;
     return this.serial(`${deviceId}\u0000${name}`, async () => {
       for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {

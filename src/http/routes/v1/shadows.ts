@@ -23,9 +23,9 @@ function fail(error: ShadowFailure): never {
   throw new GatewayError(CODES[error.code], error.message, { details: { shadowError: { code: error.code, message: error.message } } });
 }
 
-/** `If-Match: "7"`, `7` or `W/"7"` → 7; absent → undefined. */
+/** `If-Match: "7"`, `7` or `W/"7"` → 7; absent or `*` (any current version) → undefined. */
 function ifMatch(header: string | undefined): number | undefined {
-  if (header === undefined) return undefined;
+  if (header === undefined || header.trim() === '*') return undefined;
   const m = /^\s*(?:W\/)?"?(\d{1,15})"?\s*$/.exec(header);
   if (!m) throw new GatewayError('bad_request', 'If-Match must be the ETag of the shadow (its version), e.g. "7"');
   return Number(m[1]);
