@@ -7,12 +7,13 @@
  */
 import type { Logger } from 'pino';
 import type { DeviceRegistry } from './ports.js';
+import { KeyedQueue } from './keyed-queue.js';
 import type { DeviceProtocol } from './model.js';
 import type { DeviceConnected, DeviceDisconnected, DisconnectReason, EventBus } from './events.js';
 
 export class PresenceService {
   private readonly sessions = new Map<string, Set<string>>();
-  private readonly chains = new Map<string, Promise<unknown>>();
+  private readonly queue = new KeyedQueue();
   private readonly seen = new Map<string, number>();
   /** Last presence version per device, for when the registry record is already gone (revoked). */
   private readonly versions = new Map<string, number>();
@@ -29,14 +30,7 @@ export class PresenceService {
 
   /** Runs `fn` after every earlier update of the same device. */
   private inOrder<T>(deviceId: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.chains.get(deviceId) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const settled = next.catch(() => undefined);
-    this.chains.set(deviceId, settled);
-    void settled.then(() => {
-      if (this.chains.get(deviceId) === settled) this.chains.delete(deviceId);
-    });
-    return next;
+    return this.queue.run(deviceId, fn);
   }
 
   isOnline(deviceId: string): boolean {
@@ -112,6 +106,6 @@ export class PresenceService {
   async close(): Promise<void> {
     clearInterval(this.timer);
     await this.flushSeen();
-    await Promise.all([...this.chains.values()]);
+    await this.queue.idle();
   }
 }

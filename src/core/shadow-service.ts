@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import type { EventBus } from './events.js';
 import type { ShadowStore } from './ports.js';
+import { KeyedQueue } from './keyed-queue.js';
 import {
   applyDelete,
   applyUpdate,
@@ -38,7 +39,7 @@ const missing = (name: string): ShadowFailure => ({ code: 404, message: SHADOW_M
 const exists = shadowExists;
 
 export class ShadowService {
-  private readonly chains = new Map<string, Promise<unknown>>();
+  private readonly queue = new KeyedQueue();
 
   constructor(
     private readonly deps: { store: ShadowStore; bus: EventBus; limits: ShadowLimits; log: Logger },
@@ -46,14 +47,7 @@ export class ShadowService {
 
   /** Runs `fn` after every earlier write of the same shadow in this process. */
   private serial<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.chains.get(key) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const settled = next.catch(() => undefined);
-    this.chains.set(key, settled);
-    void settled.then(() => {
-      if (this.chains.get(key) === settled) this.chains.delete(key);
-    });
-    return next;
+    return this.queue.run(key, fn);
   }
 
   checkName(name: string): ShadowFailure | null {

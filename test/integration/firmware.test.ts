@@ -8,6 +8,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { call, type JsonResponse } from '../helpers/http.js';
+import { openEvents as openSse, type SseEvent } from '../helpers/sse.js';
 import { suiteGateway, type TestGateway } from '../helpers/gateway.js';
 import { deviceLogin, openSession, registerDevice, subscribeGranted, tcpUrl, withDeadline, type Device, type Message, type Session } from '../helpers/mqtt.js';
 
@@ -94,70 +95,8 @@ async function report(s: Session, id: string, firmware: Json): Promise<void> {
   assert.equal(m.topic, topic(id, 'update/accepted'), m.text);
 }
 
-interface SseEvent {
-  id: string;
-  event: string;
-  data: Json;
-}
-
-/** `GET /v1/events?…` read with fetch; subscribed once this resolves; aborted when the test ends. */
-async function openEvents(t: TestContext, gw: TestGateway, query: string) {
-  const ac = new AbortController();
-  t.after(() => ac.abort());
-  const res = await fetch(`${gw.url}/v1/events?${query}`, {
-    headers: { authorization: `Bearer ${await serviceToken(gw)}`, accept: 'text/event-stream' },
-    signal: ac.signal,
-  });
-  assert.equal(res.status, 200);
-  const events: SseEvent[] = [];
-  const waiters = new Set<() => void>();
-  void (async () => {
-    const decoder = new TextDecoder();
-    let buf = '';
-    try {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += decoder.decode(chunk, { stream: true });
-        let i: number;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          let id = '';
-          let event: string | undefined;
-          let data = '';
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) continue;
-            const at = line.indexOf(':');
-            const value = line.slice(at + 1).replace(/^ /, '');
-            if (line.startsWith('id:')) id = value;
-            else if (line.startsWith('event:')) event = value;
-            else if (line.startsWith('data:')) data += value;
-          }
-          if (event !== undefined) events.push({ id, event, data: JSON.parse(data) as Json });
-        }
-        for (const w of waiters) w();
-      }
-    } catch {
-      // aborted
-    }
-  })();
-  return {
-    events,
-    next(match: (e: SseEvent) => boolean, what: string, ms = 5000): Promise<SseEvent> {
-      const found = events.find(match);
-      if (found) return Promise.resolve(found);
-      let check: (() => void) | undefined;
-      const arrived = new Promise<SseEvent>((resolve) => {
-        check = () => {
-          const e = events.find(match);
-          if (e) resolve(e);
-        };
-        waiters.add(check);
-      });
-      return withDeadline(arrived, ms, what).finally(() => check && waiters.delete(check));
-    },
-    close: () => ac.abort(),
-  };
-}
+/** `GET /v1/events?…` with this file's service token. */
+const openEvents = async (t: TestContext, gw: TestGateway, query: string) => openSse(t, gw, query, await serviceToken(gw));
 
 /** The job of a firmware event. */
 const jobOf = (e: SseEvent): Job => e.data.data as Job;

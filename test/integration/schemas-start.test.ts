@@ -7,47 +7,13 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BIN, runCli } from '../helpers/cli.js';
+import { runCli } from '../helpers/cli.js';
 
 const SHIPPED_SCHEMAS = fileURLToPath(new URL('../../schemas/', import.meta.url));
-
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `iotgate start` with exactly `env` (plus PATH/HOME); resolves when it exits (killed after `ms`). */
-function startExpectingExit(env: Record<string, string>, ms = 20_000): Promise<Exit> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, 'start'], {
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`iotgate start did not exit within ${ms} ms; stderr: ${stderr}; stdout: ${stdout}`));
-    }, ms);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-  });
-}
 
 const BROKEN: { name: string; file: string; text: string; line: number; reason: RegExp }[] = [
   {
@@ -101,9 +67,9 @@ describe('a broken schema file stops iotgate start', () => {
       await cp(SHIPPED_SCHEMAS, schemas, { recursive: true });
       await writeFile(join(schemas, b.file), b.text);
 
-      const exit = await startExpectingExit({ ...env, IOTGATE_SCHEMAS_DIR: schemas });
-      assert.equal(exit.code, 2, `exit code; stderr: ${exit.stderr}`);
-      assert.equal(exit.signal, null);
+      // runCli rejects when the process does not exit by itself within the deadline.
+      const exit = await runCli(['start'], { ...env, IOTGATE_SCHEMAS_DIR: schemas }, { timeoutMs: 20_000 });
+      assert.equal(exit.status, 2, `exit code; stderr: ${exit.stderr}`);
       const lines = exit.stderr.trimEnd().split('\n');
       assert.equal(lines.length, 1, `one stderr line, got: ${exit.stderr}`);
       const line = lines[0]!;

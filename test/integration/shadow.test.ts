@@ -12,6 +12,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { call, type JsonResponse } from '../helpers/http.js';
+import { openEvents as openSse, type SseEvent } from '../helpers/sse.js';
 import { suiteGateway, type TestGateway } from '../helpers/gateway.js';
 import {
   deviceLogin,
@@ -178,73 +179,8 @@ async function control(s: Session, id: string, name = ''): Promise<Message> {
   return s.inbox.waitFor((m) => filters.includes(m.topic) && doc<{ clientToken?: string }>(m).clientToken === token, 'the control get reply');
 }
 
-interface SseEvent {
-  id: string;
-  event: string;
-  data: Json;
-}
-
-/**
- * `GET /v1/events?…` read with fetch. Resolves once the response headers arrived (the stream is
- * subscribed to the hub by then); `next` waits for a matching event; aborted when the test ends.
- */
-async function openEvents(t: TestContext, gw: TestGateway, query: string) {
-  const ac = new AbortController();
-  t.after(() => ac.abort());
-  const res = await fetch(`${gw.url}/v1/events?${query}`, {
-    headers: { authorization: `Bearer ${await serviceToken(gw)}`, accept: 'text/event-stream' },
-    signal: ac.signal,
-  });
-  assert.equal(res.status, 200);
-  assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
-  const events: SseEvent[] = [];
-  const waiters = new Set<() => void>();
-  void (async () => {
-    const decoder = new TextDecoder();
-    let buf = '';
-    try {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += decoder.decode(chunk, { stream: true });
-        let i: number;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          const ev: Partial<SseEvent> & { raw: string } = { raw: '' };
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) continue;
-            const at = line.indexOf(':');
-            const field = line.slice(0, at);
-            const value = line.slice(at + 1).replace(/^ /, '');
-            if (field === 'id') ev.id = value;
-            else if (field === 'event') ev.event = value;
-            else if (field === 'data') ev.raw += value;
-          }
-          if (ev.event !== undefined) events.push({ id: ev.id ?? '', event: ev.event, data: JSON.parse(ev.raw) as Json });
-        }
-        for (const w of waiters) w();
-      }
-    } catch {
-      // aborted
-    }
-  })();
-  return {
-    events,
-    next(match: (e: SseEvent) => boolean, what: string, ms = 5000): Promise<SseEvent> {
-      const found = events.find(match);
-      if (found) return Promise.resolve(found);
-      let check: (() => void) | undefined;
-      const arrived = new Promise<SseEvent>((resolve) => {
-        check = () => {
-          const e = events.find(match);
-          if (e) resolve(e);
-        };
-        waiters.add(check);
-      });
-      return withDeadline(arrived, ms, what).finally(() => check && waiters.delete(check));
-    },
-    close: () => ac.abort(),
-  };
-}
+/** `GET /v1/events?…` with this file's service token. */
+const openEvents = async (t: TestContext, gw: TestGateway, query: string) => openSse(t, gw, query, await serviceToken(gw));
 
 test('full loop: REST desired → device delta → device report → REST shows reported and no delta', async (t) => {
   const gw = gateway();
