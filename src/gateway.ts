@@ -157,7 +157,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       return { publicKeyPem: key, verify };
     })(),
     devices,
-    authenticateDevice: (token) => credentials.authenticateToken(token),
+    authenticateDevice: (token) => credentials.authenticateTokenFresh(token),
     telemetry: {
       telemetry,
       store: telemetryStore,

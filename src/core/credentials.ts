@@ -74,6 +74,34 @@ export class CredentialIndex extends EventEmitter<CredentialEvents> {
     return parsed.deviceId;
   }
 
+  /**
+   * Re-reads one device from the ledger now, so a device provisioned by another process a moment
+   * ago is known before the next poll. Only called after a token or certificate has already
+   * verified cryptographically, so it cannot be used to make the gateway read at will.
+   */
+  async refresh(deviceId: string): Promise<CredentialRecord | undefined> {
+    const record = await this.ledger.get(deviceId);
+    if (record) this.apply(record);
+    return this.records.get(deviceId);
+  }
+
+  /** authenticateToken, then (on a miss) once more after re-reading that device from the ledger. */
+  async authenticateTokenFresh(token: string): Promise<string | null> {
+    const id = this.authenticateToken(token);
+    if (id !== null) return id;
+    const parsed = this.ca.parseDeviceToken(token);
+    if (!parsed) return null;
+    await this.refresh(parsed.deviceId);
+    return this.authenticateToken(token);
+  }
+
+  /** acceptsCertificate, re-reading the device from the ledger once on a miss. */
+  async acceptsCertificateFresh(deviceId: string, serial: string): Promise<boolean> {
+    if (this.acceptsCertificate(deviceId, serial)) return true;
+    await this.refresh(deviceId);
+    return this.acceptsCertificate(deviceId, serial);
+  }
+
   /** Is this certificate (already verified to chain to our CA) the device's current, unrevoked one? */
   acceptsCertificate(deviceId: string, serial: string): boolean {
     const record = this.records.get(deviceId);

@@ -86,7 +86,15 @@ export class DeviceService {
 
   async get(id: string): Promise<DeviceRecord> {
     checkDeviceId(id);
-    const record = await this.deps.registry.get(id);
+    let record = await this.deps.registry.get(id);
+    if (!record) {
+      // Provisioned by the CLI a moment ago? Do not wait for the next ledger poll.
+      const fresh = await this.deps.credentials.refresh(id);
+      if (fresh && fresh.revokedAt === null) {
+        await this.syncIssued(fresh);
+        record = await this.deps.registry.get(id);
+      }
+    }
     if (!record) throw new GatewayError('device_not_found', `device ${id} is not known`);
     return record;
   }

@@ -29,7 +29,7 @@ export interface HttpAppDeps {
   bodyLimitBytes: number;
   publicMetrics: boolean;
   jwt: { publicKeyPem: string; verify: Record<string, unknown> };
-  authenticateDevice: (token: string) => string | null;
+  authenticateDevice: (token: string) => Promise<string | null>;
   devices: DeviceService;
   telemetry?: Omit<TelemetryRoutesOptions, 'devices'>;
   schemas?: SchemaCatalog;

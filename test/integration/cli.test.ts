@@ -286,13 +286,20 @@ describe('iotgate CLI', { concurrency: true }, () => {
     ok(r, 'provision');
     const p = oneJson<Provisioned>(r);
 
-    await eventually('the gateway knows the provisioned device', 5_000, async () => (await getDevice()).status === 200);
+    // Contract §3: no restart and no wait — the gateway knows the device as soon as the CLI is done.
+    assert.equal((await getDevice()).status, 200, 'the gateway knows the provisioned device at once');
     const record = (await (await getDevice()).json()) as Listed;
     assert.equal(record.type, 'generic');
     assert.equal(record.certificate?.serial, p.serial);
 
     const client = await connectDevice(gw.ports.mqtt, id, p.token);
     t.after(() => client.end(true));
+
+    // MQTT straight after provisioning (no REST call in between) works too.
+    const fresh = oneJson<Provisioned>(await runCli(['device', 'provision', 'dev-fresh', '--out', out, '--json'], gw.env));
+    const freshClient = await connectDevice(gw.ports.mqtt, 'dev-fresh', fresh.token);
+    assert.equal(freshClient.connected, true, 'a device provisioned a moment ago logs in at once');
+    await freshClient.endAsync(true);
     assert.equal(client.connected, true);
 
     const list = await runCli(['device', 'list', '--json'], gw.env);

@@ -141,7 +141,7 @@ describe('events over HTTP', () => {
     app.setSerializerCompiler(serializerCompiler);
     await app.register(errorsPlugin);
     const { key, ...verify } = serviceJwtVerifyOptions(material.jwtPublicKeyPem);
-    await app.register(authPlugin, { jwtPublicKeyPem: key, verify, authenticateDevice: () => null });
+    await app.register(authPlugin, { jwtPublicKeyPem: key, verify, authenticateDevice: async () => null });
     await app.register(openapiPlugin, { version: 'test' });
     await app.register(eventRoutes, { hub, heartbeatMs: opts.heartbeatMs ?? 60_000, maxLagEvents: opts.maxLagEvents ?? 1000 });
     await app.register(upstreamRoutes, { upstreams: dispatcher });

@@ -29,7 +29,7 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
     done(Object.assign(new Error(message), { returnCode: code }) as AuthenticateError, false);
   };
 
-  function principalFor(client: Client, username: string | undefined, password: Buffer | undefined, done: Done): MqttPrincipal | null {
+  async function principalFor(client: Client, username: string | undefined, password: Buffer | undefined, done: Done): Promise<MqttPrincipal | null> {
     if (ctx.sessions.connection(client)?.protocol === 'mqtts') {
       const peer = (client.conn as TLSSocket).getPeerX509Certificate?.();
       const result = peer ? ctx.deps.verifyDeviceCertificate(peer.raw) : null;
@@ -41,7 +41,7 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
         refuse(client, done, NOT_AUTHORIZED, 'auth_failed', 'client id differs from the certificate CN', { cn: result.deviceId });
         return null;
       }
-      if (!ctx.deps.credentials.acceptsCertificate(result.deviceId, result.serial)) {
+      if (!(await ctx.deps.credentials.acceptsCertificateFresh(result.deviceId, result.serial))) {
         refuse(client, done, NOT_AUTHORIZED, 'auth_failed', 'certificate revoked or superseded', { serial: result.serial });
         return null;
       }
@@ -64,7 +64,7 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
       }
       return { kind: 'service', sub: service.sub, scopes: service.scopes };
     }
-    const deviceId = ctx.deps.credentials.authenticateToken(secret);
+    const deviceId = await ctx.deps.credentials.authenticateTokenFresh(secret);
     if (deviceId === null || deviceId !== username) {
       refuse(client, done, BAD_USERNAME_OR_PASSWORD, 'auth_failed', 'bad device credentials', { username });
       return null;
@@ -83,15 +83,25 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
     if (fact && (fact.keepalive === 0 || fact.keepalive > maxKeepalive)) {
       return refuse(client, done, NOT_AUTHORIZED, 'keepalive_refused', `keepalive must be 1..${maxKeepalive} s, got ${fact.keepalive}`);
     }
-    const principal = principalFor(client, username, password, done);
-    if (!principal) return;
-    if (fact?.willTopic != null) {
-      const verdict =
-        principal.kind === 'device' ? devicePublishVerdict(principal.deviceId, fact.willTopic) : servicePublishVerdict(principal.scopes, fact.willTopic);
-      if (!verdict.ok) return refuse(client, done, NOT_AUTHORIZED, 'will_not_authorized', `will topic refused: ${verdict.reason}`);
+    void principalFor(client, username, password, done).then(
+      (principal) => {
+        if (principal) finish(principal);
+      },
+      (err: unknown) => {
+        log.error({ err, clientId: client.id }, 'mqtt authentication failed');
+        done(Object.assign(new Error('server unavailable'), { returnCode: 3 }) as AuthenticateError, false);
+      },
+    );
+
+    function finish(principal: MqttPrincipal): void {
+      if (fact?.willTopic != null) {
+        const verdict =
+          principal.kind === 'device' ? devicePublishVerdict(principal.deviceId, fact.willTopic) : servicePublishVerdict(principal.scopes, fact.willTopic);
+        if (!verdict.ok) return refuse(client, done, NOT_AUTHORIZED, 'will_not_authorized', `will topic refused: ${verdict.reason}`);
+      }
+      ctx.sessions.authenticated(client, principal);
+      log.debug({ clientId: client.id, kind: principal.kind }, 'mqtt client authenticated');
+      done(null, true);
     }
-    ctx.sessions.authenticated(client, principal);
-    log.debug({ clientId: client.id, kind: principal.kind }, 'mqtt client authenticated');
-    done(null, true);
   };
 }

@@ -35,7 +35,7 @@ export interface AuthOptions {
   /** fast-jwt verifier options (algorithms, allowedIss, allowedAud, requiredClaims...), from pki. */
   verify: Record<string, unknown>;
   /** The device id a device token authenticates, or null. */
-  authenticateDevice: (token: string) => string | null;
+  authenticateDevice: (token: string) => Promise<string | null>;
 }
 
 const BEARER = /^Bearer [A-Za-z0-9._~+/-]+=*$/;
@@ -76,7 +76,7 @@ export const authPlugin = fp<AuthOptions>(
 
     app.decorate('requireDevice', async (request: FastifyRequest) => {
       const header = request.headers.authorization;
-      const deviceId = header !== undefined && BEARER.test(header) ? opts.authenticateDevice(header.slice(7)) : null;
+      const deviceId = header !== undefined && BEARER.test(header) ? await opts.authenticateDevice(header.slice(7)) : null;
       if (deviceId === null) throw new GatewayError('unauthorized', 'a valid device token is required (Authorization: Bearer <device token>)');
       const target = (request.params as { id?: unknown }).id;
       if (deviceId !== target) throw new GatewayError('forbidden', 'a device token is valid only for its own device');
