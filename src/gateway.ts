@@ -87,6 +87,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   const rateLimits = {
     messages: new RateLimiter({ unit: 'messages', windows: config.limits.deviceMessages }),
     bytes: new RateLimiter({ unit: 'bytes', windows: config.limits.deviceBytes }),
+    services: new RateLimiter({ unit: 'requests', windows: config.limits.serviceRequests }),
   };
   const credentials = new CredentialIndex(ca, ledger);
   const schemasDir = config.schemas.dir || BUNDLED_SCHEMAS_DIR;
@@ -158,6 +159,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     })(),
     devices,
     authenticateDevice: (token) => credentials.authenticateTokenFresh(token),
+    limitService: (sub) => rateLimits.services.take(sub),
     telemetry: {
       telemetry,
       store: telemetryStore,
@@ -274,6 +276,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       await shadowStore.close();
       rateLimits.messages.close();
       rateLimits.bytes.close();
+      rateLimits.services.close();
       await registry.close();
       state = 'stopped';
       if (wasRunning) log.info('iotgate stopped');

@@ -159,6 +159,11 @@ export const configSchema = z
           { limit: 100, windowMs: 1000 },
           { limit: 3000, windowMs: 60_000 },
         ]),
+        /** REST requests per service subject (JWT `sub`), several windows at once. */
+        serviceRequests: rateWindows.default([
+          { limit: 1000, windowMs: 1000 },
+          { limit: 20_000, windowMs: 60_000 },
+        ]),
         /** Per-device payload bytes, several windows at once. */
         deviceBytes: rateWindows.default([{ limit: 1_048_576, windowMs: 1000 }]),
       })

@@ -12,7 +12,7 @@ export interface RateWindow {
 
 export interface RateRule {
   /** What is counted, for the refusal text: "messages" or "bytes". */
-  unit: 'messages' | 'bytes';
+  unit: 'messages' | 'bytes' | 'requests';
   windows: readonly RateWindow[];
 }
 

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { randomUUID } from 'node:crypto';
 import type { DeviceService } from '../core/devices.js';
+import type { RateRefusal } from '../core/rate-limit.js';
 import { authPlugin } from './plugins/auth.js';
 import { errorsPlugin } from './plugins/errors.js';
 import { openapiPlugin } from './plugins/openapi.js';
@@ -30,6 +31,7 @@ export interface HttpAppDeps {
   publicMetrics: boolean;
   jwt: { publicKeyPem: string; verify: Record<string, unknown> };
   authenticateDevice: (token: string) => Promise<string | null>;
+  limitService?: (sub: string) => RateRefusal | null;
   devices: DeviceService;
   telemetry?: Omit<TelemetryRoutesOptions, 'devices'>;
   schemas?: SchemaCatalog;
@@ -61,6 +63,7 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
     jwtPublicKeyPem: deps.jwt.publicKeyPem,
     verify: deps.jwt.verify,
     authenticateDevice: deps.authenticateDevice,
+    ...(deps.limitService && { limitService: deps.limitService }),
   });
   await app.register(httpMetricsPlugin, { registry: deps.metrics });
   await app.register(openapiPlugin, { version: deps.version });

@@ -14,7 +14,6 @@ export const deviceRecordSchema = z.object({
   protocol: z.string().nullable(),
   lastSeen: z.number().int().nullable().describe('epoch ms'),
   connectedAt: z.number().int().nullable().describe('epoch ms'),
-  createdAt: z.number().int().describe('epoch ms'),
   certificate: z.object({ serial: z.string(), notAfter: z.string() }).nullable(),
   firmware: z
     .object({ current: z.string().nullable(), target: z.string().nullable(), state: z.string().nullable() })

@@ -84,7 +84,12 @@ export async function deviceRevoke(id: string, opts: GlobalOptions): Promise<voi
   print(opts, { id, revoked: true, revokedAt: at, serial: existing.serial }, `revoked ${id} (serial ${existing.serial ?? '-'}) at ${at}`);
 }
 
-type Listed = Pick<DeviceRecord, 'id' | 'type' | 'online' | 'protocol' | 'lastSeen' | 'certificate'> & { source: 'gateway' | 'certs' };
+/** The contract's device record (§8), from the gateway, or from the CA database when none runs. */
+type Listed = Pick<DeviceRecord, 'id' | 'type' | 'online' | 'protocol' | 'lastSeen' | 'connectedAt' | 'certificate' | 'firmware'>;
+
+function listed(d: DeviceRecord): Listed {
+  return { id: d.id, type: d.type, online: d.online, protocol: d.protocol, lastSeen: d.lastSeen, connectedAt: d.connectedAt, certificate: d.certificate, firmware: d.firmware };
+}
 
 /**
  * Asks the running gateway (with a short-lived JWT minted from the certs dir). Null only when no
@@ -121,8 +126,9 @@ function fromLedger(r: CredentialRecord): Listed {
     online: false,
     protocol: null,
     lastSeen: null,
+    connectedAt: null,
     certificate: r.serial && r.notAfter ? { serial: r.serial, notAfter: r.notAfter } : null,
-    source: 'certs',
+    firmware: null,
   };
 }
 
@@ -148,7 +154,7 @@ export async function deviceList(opts: GlobalOptions): Promise<void> {
     );
     if (!page) break;
     if (page.status !== 200) throw new CliError(`the gateway at ${gatewayUrl(config, opts)} does not list devices (404)`);
-    all.push(...page.body.items.map((d) => ({ ...d, source: 'gateway' as const })));
+    all.push(...page.body.items.map(listed));
     cursor = page.body.nextCursor;
     if (!cursor) {
       devices = all;
@@ -165,7 +171,7 @@ export async function deviceShow(id: string, opts: GlobalOptions): Promise<void>
   const { material, ledger } = await openCa(config);
   const answer = await askGateway<DeviceRecord>(config, opts, material, `/v1/devices/${encodeURIComponent(id)}`);
   let device: Listed | null = null;
-  if (answer?.status === 200) device = { ...answer.body, source: 'gateway' };
+  if (answer?.status === 200) device = listed(answer.body);
   else if (answer === null) {
     const r = await ledger.get(id);
     if (r && r.revokedAt === null) device = fromLedger(r);

@@ -8,6 +8,8 @@ import fastifyJwt from '@fastify/jwt';
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
 import { GatewayError } from '../../core/errors.js';
 import type { Scope } from '../../core/model.js';
+import type { RateRefusal } from '../../core/rate-limit.js';
+import { rateLimited } from '../rate-limit.js';
 
 export interface ServiceUser {
   sub: string;
@@ -36,6 +38,8 @@ export interface AuthOptions {
   verify: Record<string, unknown>;
   /** The device id a device token authenticates, or null. */
   authenticateDevice: (token: string) => Promise<string | null>;
+  /** Per service subject request limits (contract §10); null when allowed. */
+  limitService?: (sub: string) => RateRefusal | null;
 }
 
 const BEARER = /^Bearer [A-Za-z0-9._~+/-]+=*$/;
@@ -57,7 +61,7 @@ export const authPlugin = fp<AuthOptions>(
     });
 
     app.decorate('requireScope', (scope: Scope): onRequestAsyncHookHandler => {
-      return async (request: FastifyRequest, _reply: FastifyReply) => {
+      return async (request: FastifyRequest, reply: FastifyReply) => {
         const header = request.headers.authorization;
         if (header === undefined || !BEARER.test(header)) {
           throw new GatewayError('unauthorized', 'a bearer token is required (Authorization: Bearer <service JWT>)');
@@ -71,6 +75,8 @@ export const authPlugin = fp<AuthOptions>(
         if (!hasScope(request.user, scope)) {
           throw new GatewayError('forbidden', `this route needs scope "${scope}"`, { details: { requiredScope: scope } });
         }
+        const refusal = opts.limitService?.(request.user.sub) ?? null;
+        if (refusal) throw rateLimited(reply, refusal);
       };
     });
 

@@ -22,9 +22,18 @@ export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (a
     '/healthz',
     {
       logLevel: 'warn',
-      schema: { summary: 'Liveness', tags: ['operations'], response: { 200: z.object({ status: z.literal('ok') }) } },
+      schema: {
+        summary: 'Liveness, per component',
+        description: '200 while the process serves and no component is failing (starting or stopping ones are fine), else 503.',
+        tags: ['operations'],
+        response: { 200: healthSchema, 503: healthSchema },
+      },
     },
-    async () => ({ status: 'ok' as const }),
+    async (_request, reply) => {
+      const components = await opts.readiness();
+      const alive = Object.values(components).every((c) => c.status !== 'failing');
+      return reply.code(alive ? 200 : 503).send({ status: alive ? 'ok' : 'unavailable', components });
+    },
   );
 
   app.get(

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { DeviceService } from '../../../core/devices.js';
 import { GatewayError, type ErrorCode } from '../../../core/errors.js';
 import type { ShadowFailure, ShadowService } from '../../../core/shadow-service.js';
+import { errorDocument } from '../../../core/shadow.js';
 import { problemSchema } from '../../problem.js';
 import { authErrorResponses, deviceIdSchema, serviceSecurity } from '../../schemas.js';
 
@@ -19,8 +20,9 @@ const CODES: Record<ShadowFailure['code'], ErrorCode> = {
   413: 'payload_too_large',
 };
 
-function fail(error: ShadowFailure): never {
-  throw new GatewayError(CODES[error.code], error.message, { details: { shadowError: { code: error.code, message: error.message } } });
+/** problem+json carrying the AWS error document `{code, message, timestamp, clientToken?}` (contract §5). */
+function fail(error: ShadowFailure, clientToken?: string): never {
+  throw new GatewayError(CODES[error.code], error.message, { details: { shadowError: errorDocument(error, Date.now(), clientToken) } });
 }
 
 /** `If-Match: "7"`, `7` or `W/"7"` → 7; absent or `*` (any current version) → undefined. */
@@ -62,7 +64,7 @@ export const shadowRoutes: FastifyPluginAsyncZod<{ devices: DeviceService; shado
     async (request, reply) => {
       await devices.get(request.params.id);
       const r = await shadows.get(request.params.id, request.query.name);
-      if (!r.ok) fail(r.error);
+      if (!r.ok) fail(r.error, r.clientToken);
       return reply.header('etag', etag(r.version)).send(r.document);
     },
   );
@@ -87,7 +89,7 @@ export const shadowRoutes: FastifyPluginAsyncZod<{ devices: DeviceService; shado
       await devices.get(request.params.id);
       const match = ifMatch(request.headers['if-match']);
       const r = await shadows.update(request.params.id, request.query.name, request.body, 'service', match === undefined ? {} : { ifMatch: match });
-      if (!r.ok) fail(r.error);
+      if (!r.ok) fail(r.error, r.clientToken);
       return reply.header('etag', etag(r.version)).send(r.document);
     },
   );
@@ -110,7 +112,7 @@ export const shadowRoutes: FastifyPluginAsyncZod<{ devices: DeviceService; shado
       await devices.get(request.params.id);
       const match = ifMatch(request.headers['if-match']);
       const r = await shadows.delete(request.params.id, request.query.name, 'service', match === undefined ? {} : { ifMatch: match });
-      if (!r.ok) fail(r.error);
+      if (!r.ok) fail(r.error, r.clientToken);
       return r.accepted;
     },
   );

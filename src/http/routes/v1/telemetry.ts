@@ -9,6 +9,7 @@ import type { DeviceService } from '../../../core/devices.js';
 import type { TelemetryService } from '../../../core/telemetry.js';
 import { GatewayError } from '../../../core/errors.js';
 import type { RateRefusal } from '../../../core/rate-limit.js';
+import { rateLimited } from '../../rate-limit.js';
 import { problemSchema } from '../../problem.js';
 import { authErrorResponses, deviceIdSchema, serviceSecurity } from '../../schemas.js';
 
@@ -122,15 +123,7 @@ export const telemetryRoutes: FastifyPluginAsyncZod<TelemetryRoutesOptions> = as
         if (type === undefined) throw new GatewayError('device_not_found', `device ${deviceId} is not known`);
         const body = request.body as Buffer;
         const refusal = opts.limit(deviceId, body.length);
-        if (refusal) {
-          const seconds = Math.max(1, Math.ceil(refusal.retryAfterMs / 1000));
-          reply.header('retry-after', String(seconds));
-          reply.header('ratelimit-limit', String(refusal.max));
-          reply.header('ratelimit-remaining', '0');
-          reply.header('ratelimit-reset', String(seconds));
-          reply.header('ratelimit-policy', `${refusal.max};w=${Math.ceil(refusal.windowMs / 1000)}`);
-          throw new GatewayError('rate_limited', `rate limit exceeded: ${refusal.limit}; retry in ${seconds} s`, { details: { limit: refusal.limit } });
-        }
+        if (refusal) throw rateLimited(reply, refusal);
         opts.touch(deviceId);
         // Media types are case-insensitive (RFC 9110 §8.3.1).
         const mediaType = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
