@@ -9,33 +9,16 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { call, type JsonResponse } from '../helpers/http.js';
 import { openEvents as openSse, type SseEvent } from '../helpers/sse.js';
+import type { FirmwareJob, FirmwareState, FirmwareStatus } from '../../src/core/firmware.js';
 import { suiteGateway, type TestGateway } from '../helpers/gateway.js';
 import { deviceLogin, openSession, registerDevice, subscribeGranted, tcpUrl, withDeadline, type Device, type Message, type Session } from '../helpers/mqtt.js';
 
 const gateway = suiteGateway();
 
 type Json = Record<string, unknown>;
-type FirmwareState = 'pending' | 'downloading' | 'installing' | 'succeeded' | 'failed';
-interface Job {
-  id: string;
-  deviceId: string;
-  target: { version: string; url: string; sha256: string; size?: number };
-  state: FirmwareState;
-  progress: number | null;
-  error: string | null;
-  createdAt: number;
-  updatedAt: number;
-  completedAt: number | null;
-  history: { state: FirmwareState; at: number; progress?: number; error?: string; version?: string }[];
-}
-interface Status {
-  current: string | null;
-  target: string | null;
-  state: FirmwareState | null;
-  progress: number | null;
-  error: string | null;
-  job: Job | null;
-}
+// The documents as the API sends them (the types are the service's own).
+type Job = FirmwareJob;
+type Status = FirmwareStatus;
 interface ShadowDoc {
   state: { desired?: Json; reported?: Json; delta?: Json };
   version: number;
