@@ -15,6 +15,7 @@ import mqttPacket, { type IConnackPacket, type IConnectPacket, type IPublishPack
 import { loadConfig } from '../../src/config/load.js';
 import { build, type TestGateway, type Teardown } from '../helpers/gateway.js';
 import { call } from '../helpers/http.js';
+import { varint } from '../helpers/bytes.js';
 import {
   assertRefused,
   deviceLogin,
@@ -205,17 +206,6 @@ class RawClient {
   }
 }
 
-/** Variable byte integer of MQTT (remaining length). */
-function varint(n: number): Buffer {
-  const bytes: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    bytes.push(b);
-  } while (n > 0);
-  return Buffer.from(bytes);
-}
 
 const u16 = (n: number) => Buffer.from([n >> 8, n & 0xff]);
 

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { SchemaRegistry } from '../../src/codecs/registry.js';
-import type { DecodeResult, DeviceTypeCodec, TelemetryRejection } from '../../src/codecs/codec.js';
+import type { DecodeResult, DeviceTypeCodec } from '../../src/codecs/codec.js';
+import { accepted, rejected } from '../helpers/codecs.js';
 
 const SCHEMAS = join(import.meta.dirname, '..', '..', 'schemas');
 const LIMITS = { maxBytes: 64 * 1024, maxDepth: 16 };
@@ -18,16 +19,6 @@ function decode(type: string, payload: string | Buffer, r = registry): DecodeRes
   return codec(type, r).decodeTelemetry(typeof payload === 'string' ? Buffer.from(payload) : payload);
 }
 
-function accepted(res: DecodeResult): { value: Record<string, unknown>; deviceTime: number | null } {
-  if (!res.ok) assert.fail(`expected acceptance, got ${JSON.stringify(res.error)}`);
-  return res;
-}
-
-function rejected(res: DecodeResult, code: TelemetryRejection['code']): TelemetryRejection {
-  if (res.ok) assert.fail(`expected rejection ${code}, got ${JSON.stringify(res.value)}`);
-  assert.equal(res.error.code, code, res.error.message);
-  return res.error;
-}
 
 test('generic accepts any JSON object and returns it as parsed', () => {
   const doc = { temp: 21.5, nested: { a: [1, 2, { b: null }] }, s: 'x' };

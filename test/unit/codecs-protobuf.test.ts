@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import protobuf from 'protobufjs';
 import { SchemaRegistry } from '../../src/codecs/registry.js';
-import type { DecodeResult, DeviceTypeCodec, TelemetryRejection } from '../../src/codecs/codec.js';
+import type { DeviceTypeCodec } from '../../src/codecs/codec.js';
+import { accepted, rejected } from '../helpers/codecs.js';
 
 const SCHEMAS = join(import.meta.dirname, '..', '..', 'schemas');
 const LIMITS = { maxBytes: 64 * 1024, maxDepth: 16 };
@@ -29,16 +30,6 @@ function varint(n: number): number[] {
   return out;
 }
 
-function accepted(res: DecodeResult): { value: Record<string, unknown>; deviceTime: number | null } {
-  if (!res.ok) assert.fail(`expected acceptance, got ${JSON.stringify(res.error)}`);
-  return res;
-}
-
-function rejected(res: DecodeResult, code: TelemetryRejection['code']): TelemetryRejection {
-  if (res.ok) assert.fail(`expected rejection ${code}, got ${JSON.stringify(res.value)}`);
-  assert.equal(res.error.code, code, res.error.message);
-  return res.error;
-}
 
 const FULL = {
   device_time: { seconds: 1714564800, nanos: 123_000_000 },

@@ -5,6 +5,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { varint } from '../helpers/bytes.js';
 import { PassThrough } from 'node:stream';
 import mqttPacket from 'mqtt-packet';
 import { CONNECT, DISCONNECT, guardStream, type GuardState } from '../../protocols/mqtt/guard.js';
@@ -33,15 +34,7 @@ function guarded(maxPacketBytes: number): { stream: PassThrough; state: GuardSta
 
 /** Fixed header with an explicit remaining length (the body is not included). */
 function header(type: number, remaining: number, flags = 0): Buffer {
-  const bytes = [(type << 4) | flags];
-  let n = remaining;
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    bytes.push(b);
-  } while (n > 0);
-  return Buffer.from(bytes);
+  return Buffer.concat([Buffer.from([(type << 4) | flags]), varint(remaining)]);
 }
 
 const connect = mqttPacket.generate({ cmd: 'connect', clientId: 'dev-1', username: 'dev-1', password: Buffer.from('secret'), keepalive: 60, protocolVersion: 4 });

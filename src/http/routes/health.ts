@@ -18,41 +18,25 @@ export interface HealthRoutesOptions {
 }
 
 export const healthRoutes: FastifyPluginAsyncZod<HealthRoutesOptions> = async (app, opts) => {
-  app.get(
-    '/healthz',
-    {
-      logLevel: 'warn',
-      schema: {
-        summary: 'Liveness, per component',
-        description: '200 while the process serves and no component is failing (starting or stopping ones are fine), else 503.',
-        tags: ['operations'],
-        response: { 200: healthSchema, 503: healthSchema },
+  // Liveness tolerates components that are starting or stopping; readiness wants every one ok.
+  const probes = [
+    { url: '/healthz', summary: 'Liveness, per component', description: '200 while no component is failing (starting or stopping ones are fine), else 503.', pass: (c: ComponentStatus) => c.status !== 'failing' },
+    { url: '/readyz', summary: 'Readiness, per component', description: '200 when every component is ok, else 503.', pass: (c: ComponentStatus) => c.status === 'ok' },
+  ];
+  for (const probe of probes) {
+    app.get(
+      probe.url,
+      {
+        logLevel: 'warn',
+        schema: { summary: probe.summary, description: probe.description, tags: ['operations'], response: { 200: healthSchema, 503: healthSchema } },
       },
-    },
-    async (_request, reply) => {
-      const components = await opts.readiness();
-      const alive = Object.values(components).every((c) => c.status !== 'failing');
-      return reply.code(alive ? 200 : 503).send({ status: alive ? 'ok' : 'unavailable', components });
-    },
-  );
-
-  app.get(
-    '/readyz',
-    {
-      logLevel: 'warn',
-      schema: {
-        summary: 'Readiness, per component',
-        description: '200 when every component is ok, else 503.',
-        tags: ['operations'],
-        response: { 200: healthSchema, 503: healthSchema },
+      async (_request, reply) => {
+        const components = await opts.readiness();
+        const ok = Object.values(components).every(probe.pass);
+        return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'unavailable', components });
       },
-    },
-    async (_request, reply) => {
-      const components = await opts.readiness();
-      const ok = Object.values(components).every((c) => c.status === 'ok');
-      return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'unavailable', components });
-    },
-  );
+    );
+  }
 
   app.get(
     '/metrics',
