@@ -17,7 +17,9 @@ import { EventHub } from './core/event-hub.js';
 import { WebhookDispatcher } from './upstream/webhooks.js';
 import { PresenceService } from './core/presence.js';
 import { RateLimiter } from './core/rate-limit.js';
-import type { DeviceRegistry, ShadowStore, TelemetryStore } from './core/ports.js';
+import type { CommandStore, DeviceRegistry, ShadowStore, TelemetryStore } from './core/ports.js';
+import { CommandService } from './core/command-service.js';
+import { MemoryCommandStore } from './stores/memory/commands.js';
 import { ShadowService } from './core/shadow-service.js';
 import { FirmwareService } from './core/firmware.js';
 import { MemoryShadowStore } from './stores/memory/shadows.js';
@@ -49,6 +51,7 @@ export interface Gateway {
   readonly webhooks: WebhookDispatcher;
   readonly presence: PresenceService;
   readonly shadows: ShadowService;
+  readonly commands: CommandService;
   readonly credentials: CredentialIndex;
   readonly http: FastifyInstance;
   readonly metrics: Registry;
@@ -64,6 +67,7 @@ export interface GatewayDeps {
   registry?: DeviceRegistry;
   telemetryStore?: TelemetryStore;
   shadowStore?: ShadowStore;
+  commandStore?: CommandStore;
 }
 
 export async function buildGateway(config: Config, deps: GatewayDeps = {}): Promise<Gateway> {
@@ -125,10 +129,30 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     log: log.child({ module: 'shadows' }),
   });
   const firmware = new FirmwareService({ shadows, bus, registry, log: log.child({ module: 'firmware' }) });
+  const commandStore = deps.commandStore ?? new MemoryCommandStore({ historyMax: config.commands.historyMax });
+  const commands = new CommandService({
+    store: commandStore,
+    bus,
+    log: log.child({ module: 'commands' }),
+    queueMax: config.commands.queueMax,
+    codecOf: (deviceId) => {
+      const type = typeOf(deviceId);
+      return type === undefined ? undefined : schemas.get(type);
+    },
+  });
   credentials.on('revoked', (record) => {
+    void commands.forgetDevice(record.id);
     void telemetryStore.forget(record.id);
     void shadows.forgetDevice(record.id);
     firmware.forgetDevice(record.id);
+  });
+  new Gauge({
+    name: 'iotgate_command_waiters',
+    help: 'REST requests waiting for a command answer (wait: true)',
+    registers: [metrics],
+    collect() {
+      this.set(commands.waiting);
+    },
   });
   new Gauge({
     name: 'iotgate_devices_known',
@@ -170,6 +194,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     schemas,
     shadows,
     firmware,
+    commands,
     events: { hub: events, heartbeatMs: config.events.heartbeatMs, maxLagEvents: config.events.sseMaxLagEvents },
     upstreams: webhooks,
     metrics,
@@ -210,6 +235,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     state = 'starting';
     credentials.start(config.certs.syncIntervalMs);
     await credentials.ready;
+    await commands.start();
 
     const host = config.host;
     const httpAddress = await http.listen({ host, port: config.http.port });
@@ -226,6 +252,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
         metrics,
         rateLimits,
         shadows,
+        commands,
         ingestTelemetry: ({ deviceId, protocol, payload }) =>
           telemetry.ingest({ deviceId, protocol, payload, type: typeOf(deviceId) ?? 'generic' }),
         verifyDeviceCertificate: (der) => verifyDeviceCertificate(der, { caCertPem: material.caCertPem }),
@@ -265,6 +292,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       state = 'stopping';
       credentials.stop();
       if (crlTimer) clearInterval(crlTimer);
+      // Waiting command requests get their answer (503) before HTTP stops taking requests.
+      commands.close();
       // Stop accepting first, then close sessions and in-flight HTTP requests.
       await mqtt?.close();
       await Promise.all([http.close(), coap?.close()]);
@@ -274,6 +303,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       await presence.close();
       await telemetryStore.close();
       await shadowStore.close();
+      await commands.idle();
+      await commandStore.close();
       rateLimits.messages.close();
       rateLimits.bytes.close();
       rateLimits.services.close();
@@ -294,6 +325,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     webhooks,
     presence,
     shadows,
+    commands,
     credentials,
     http,
     metrics,

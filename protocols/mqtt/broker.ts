@@ -19,6 +19,7 @@ import { boundedMemoryPersistence } from './offline-queue.js';
 import { publishStatus } from './reports.js';
 import { SessionTable } from './sessions.js';
 import { attachShadowBridge } from './shadow.js';
+import { attachCommandBridge } from './commands.js';
 import type { MqttEdgeDeps } from './types.js';
 
 export interface MqttBroker {
@@ -121,6 +122,10 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
     return p?.kind === 'device' ? p.deviceId : null;
   });
 
+  // After the clientReady listener above: a restored session's device is in the session table.
+  const commandBridge = attachCommandBridge({ aedes, sessions, persistence: offline.persistence, commands: deps.commands });
+  ctx.isLiveCommand = commandBridge.isLive;
+
   const onStatus = (event: { deviceId: string; online: boolean; reason: string; at: number; version: number }) => {
     if (!aedes.closed) void publishStatus(aedes, event.deviceId, event);
   };
@@ -147,6 +152,7 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
       deps.bus.off('device.connected', onStatus);
       deps.bus.off('device.disconnected', onStatus);
       detachShadows();
+      commandBridge.detach();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
     },
   };

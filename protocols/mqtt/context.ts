@@ -14,6 +14,7 @@ export type RejectionReason =
   | 'topic_invalid'
   | 'rate_limited'
   | 'telemetry_rejected'
+  | 'command_response_rejected'
   | 'protocol_error'
   | 'offline_queue_full';
 
@@ -24,6 +25,8 @@ export interface EdgeContext {
   aedes: Aedes;
   /** A QoS 2 PUBLISH whose id is already stored: a retransmission aedes answers without publishing. */
   isQos2Retransmission(client: Client, packet: PublishPacket): Promise<boolean>;
+  /** A packet on a commands topic that the command bridge is delivering now (not a stored replay). */
+  isLiveCommand(packet: object): boolean;
   messagesIn: Counter<'listener'>;
   messagesOut: Counter;
   rejections: Counter<'reason'>;

@@ -9,6 +9,9 @@ type Sub = { clientId: string };
 /** The part of aedes-persistence's promise API this wrapper touches (its typings are callback-style). */
 export interface Persistence {
   outgoingEnqueueCombi(subs: Sub[], packet: unknown): Promise<void>;
+  outgoingEnqueue(sub: Sub, packet: unknown): Promise<void>;
+  /** Called by aedes for every PUBACK/PUBCOMP (and to drop packets it will not send). */
+  outgoingClearMessageId(client: unknown, packet: { cmd?: string; messageId?: number }): Promise<unknown>;
   /** Resolves when a QoS 2 packet with this id from this client is stored (a retransmission); rejects otherwise. */
   incomingGetPacket(client: unknown, packet: unknown): Promise<unknown>;
 }

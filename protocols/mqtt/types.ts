@@ -7,6 +7,7 @@ import type { RateLimiter } from '../../src/core/rate-limit.js';
 import type { DeviceProtocol } from '../../src/core/model.js';
 import type { IngestOutcome } from '../../src/core/telemetry.js';
 import type { ShadowService } from '../../src/core/shadow-service.js';
+import type { CommandService } from '../../src/core/command-service.js';
 
 export type MqttPrincipal =
   | { kind: 'device'; deviceId: string }
@@ -39,6 +40,7 @@ export interface MqttEdgeDeps {
   /** Verifies a presented client certificate (DER) against the CA with node:crypto. */
   verifyDeviceCertificate(der: Buffer): CertificateCheck;
   shadows: ShadowService;
+  commands: CommandService;
   /** The telemetry pipeline; a promise only when the store is asynchronous. */
   ingestTelemetry(input: { deviceId: string; protocol: DeviceProtocol; payload: Buffer }): IngestOutcome | Promise<IngestOutcome>;
   /** A verified service JWT, or null. */

@@ -147,6 +147,14 @@ export const configSchema = z
         retentionMs: positiveInt.default(7 * 24 * 3600 * 1000),
       })
       .prefault({}),
+    commands: z
+      .strictObject({
+        /** Commands a device may have queued or sent but not acknowledged; more are refused with 429. */
+        queueMax: positiveInt.max(100_000).default(100),
+        /** Finished command records kept per device (oldest dropped first). */
+        historyMax: positiveInt.max(1_000_000).default(1000),
+      })
+      .prefault({}),
     limits: z
       .strictObject({
         mqttPacketBytes: positiveInt.default(262_144),

@@ -11,6 +11,7 @@ export const ERRORS = {
   unauthorized: { status: 401, title: 'Unauthorized' },
   forbidden: { status: 403, title: 'Forbidden' },
   not_found: { status: 404, title: 'Not Found' },
+  command_not_found: { status: 404, title: 'Command not found' },
   device_not_found: { status: 404, title: 'Device not found' },
   method_not_allowed: { status: 405, title: 'Method Not Allowed' },
   conflict: { status: 409, title: 'Conflict' },
@@ -18,9 +19,12 @@ export const ERRORS = {
   precondition_failed: { status: 412, title: 'Precondition Failed' },
   payload_too_large: { status: 413, title: 'Payload Too Large' },
   unsupported_media_type: { status: 415, title: 'Unsupported Media Type' },
+  idempotency_conflict: { status: 422, title: 'Idempotency key reused' },
   rate_limited: { status: 429, title: 'Too Many Requests' },
+  command_queue_full: { status: 429, title: 'Command queue full' },
   internal: { status: 500, title: 'Internal Server Error' },
   unavailable: { status: 503, title: 'Service Unavailable' },
+  command_timeout: { status: 504, title: 'Gateway Timeout' },
 } as const;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -96,6 +96,7 @@ export const BUS_EVENT_MAPPERS: BusMappers = {
   'device.disconnected': (e) => toCloudEvent('iotgate.device.disconnected', e.deviceId, { ...e }, { time: e.at }),
   'shadow.updated': (e) =>
     toCloudEvent('iotgate.shadow.updated', e.deviceId, { deviceId: e.deviceId, name: e.name, writer: e.writer, version: e.version, deleted: false, ...e.documents }),
+  'command.updated': (r) => toCloudEvent('iotgate.command.updated', r.deviceId, r, { time: r.updatedAt }),
   'firmware.updated': (e) => toCloudEvent('iotgate.firmware.updated', e.deviceId, e.job, { time: e.job.updatedAt }),
   'shadow.deleted': (e) =>
     toCloudEvent('iotgate.shadow.updated', e.deviceId, { deviceId: e.deviceId, name: e.name, writer: e.writer, version: e.version, deleted: true }),

@@ -4,6 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { DeviceProtocol, TelemetryRecord } from './model.js';
+import type { CommandRecord } from './commands.js';
 import type { FirmwareJob } from './firmware.js';
 import type { AcceptedDocument, DeltaDocument, DocumentsDocument, Writer } from './shadow.js';
 
@@ -72,6 +73,8 @@ export interface GatewayEvents {
   'shadow.updated': [event: ShadowUpdated];
   'shadow.deleted': [event: ShadowDeleted];
   'firmware.updated': [event: FirmwareUpdated];
+  /** A command was created or changed state (the record after the change). */
+  'command.updated': [record: CommandRecord];
 }
 
 export class EventBus extends EventEmitter<GatewayEvents> {}

@@ -4,6 +4,7 @@
  */
 import type { CertificateInfo, CredentialRecord, DeviceRecord, TelemetryRecord } from './model.js';
 import type { StoredShadow } from './shadow.js';
+import type { CommandRecord, CommandResponse, CommandState } from './commands.js';
 
 export interface DeviceListQuery {
   type?: string;
@@ -137,6 +138,63 @@ export interface ShadowStore {
   /** Names of the device's named shadows (not the classic one), sorted. */
   names(deviceId: string): Promise<string[]>;
   /** Drops every shadow of a device (it was deleted). */
+  forgetDevice(deviceId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface CommandListQuery {
+  /** Only records in one of these states (all when absent). */
+  states?: readonly CommandState[];
+  /** 1..1000 */
+  limit: number;
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor?: string;
+}
+
+export interface CommandPage {
+  items: CommandRecord[];
+  nextCursor: string | null;
+}
+
+export type CommandCreateResult =
+  | { kind: 'created'; record: CommandRecord }
+  /** The device already has a command with this idempotency key: that one, unchanged. */
+  | { kind: 'existing'; record: CommandRecord }
+  /** The device already has `maxUndelivered` commands in `queued` or `sent`: nothing stored. */
+  | { kind: 'full'; undelivered: number };
+
+/** What a state change writes besides the state. */
+export interface CommandTransition {
+  state: CommandState;
+  updatedAt: number;
+  response?: CommandResponse;
+}
+
+/**
+ * Command records per device, in creation order. Every change is compare-and-set on the state,
+ * so two writers (two requests, two gateways) can never both move one command: exactly one
+ * `sent → delivered`, exactly one answer, no answer after a cancel.
+ */
+export interface CommandStore {
+  /**
+   * Stores a new record, atomically with two checks: an `idempotencyKey` the device already used
+   * returns that command (`existing`); more than `maxUndelivered` queued-or-sent commands of the
+   * device refuses it (`full`).
+   */
+  create(record: CommandRecord, opts: { maxUndelivered: number }): Promise<CommandCreateResult>;
+  get(deviceId: string, id: string): Promise<CommandRecord | null>;
+  /**
+   * Moves a command to `change.state` only if its current state is one of `from`. Resolves the
+   * new record, or null (changing nothing) when it is unknown or in another state.
+   */
+  transition(deviceId: string, id: string, from: readonly CommandState[], change: CommandTransition): Promise<CommandRecord | null>;
+  /** A page of the device's commands in creation order (oldest first). */
+  list(deviceId: string, query: CommandListQuery): Promise<CommandPage>;
+  /** The device's open commands (queued, sent, delivered) in creation order. */
+  open(deviceId: string): Promise<CommandRecord[]>;
+  /** Every open command of every device (to re-arm expiry timers after a restart). */
+  openAll(): Promise<CommandRecord[]>;
+  /** Drops everything of a device (it was deleted). */
   forgetDevice(deviceId: string): Promise<void>;
   close(): Promise<void>;
 }

@@ -20,6 +20,8 @@ import { upstreamRoutes, type UpstreamRoutesOptions } from './routes/v1/upstream
 import { schemaRoutes, type SchemaCatalog } from './routes/v1/schemas.js';
 import { shadowRoutes } from './routes/v1/shadows.js';
 import { firmwareRoutes } from './routes/v1/firmware.js';
+import { commandRoutes } from './routes/v1/commands.js';
+import type { CommandService } from '../core/command-service.js';
 import type { FirmwareService } from '../core/firmware.js';
 import type { ShadowService } from '../core/shadow-service.js';
 import { telemetryRoutes, type TelemetryRoutesOptions } from './routes/v1/telemetry.js';
@@ -37,6 +39,7 @@ export interface HttpAppDeps {
   schemas?: SchemaCatalog;
   shadows?: ShadowService;
   firmware?: FirmwareService;
+  commands?: CommandService;
   events?: EventRoutesOptions;
   upstreams?: UpstreamRoutesOptions['upstreams'];
   metrics: Registry;
@@ -73,6 +76,7 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
   if (deps.schemas) await app.register(schemaRoutes, { catalog: deps.schemas });
   if (deps.shadows) await app.register(shadowRoutes, { devices: deps.devices, shadows: deps.shadows });
   if (deps.firmware) await app.register(firmwareRoutes, { devices: deps.devices, firmware: deps.firmware });
+  if (deps.commands) await app.register(commandRoutes, { devices: deps.devices, commands: deps.commands });
   if (deps.events) await app.register(eventRoutes, deps.events);
   if (deps.upstreams) await app.register(upstreamRoutes, { upstreams: deps.upstreams });
   return app;

@@ -5,7 +5,8 @@
  * the connection when this hook fails, so a refused packet is instead rewritten into a harmless
  * one (no retain, no payload, a `$` topic no subscription can match) that authorizeForward drops.
  *
- * Telemetry runs the ingest pipeline here, before aedes sends the PUBACK (aedes 1.x acks QoS 1
+ * Shadow requests and command responses are requests to the gateway, answered here and forwarded
+ * to nobody. Telemetry runs the ingest pipeline here, before aedes sends the PUBACK (aedes 1.x acks QoS 1
  * before the `published` hook): a PUBACK means the message was valid and the store took it. A
  * store failure fails the hook, so aedes closes the connection without acking and the device
  * sends the message again.
@@ -15,6 +16,7 @@ import type { EdgeContext, RejectionReason } from '../context.js';
 import { publishError, REASON, type ErrorDocument } from '../reports.js';
 import { deviceRelative, devicePublishVerdict, servicePublishVerdict, telemetryTopic, topicProblem } from '../topics.js';
 import { handleShadowRequest, parseShadowRequest } from '../shadow.js';
+import { parseResponseTopic } from '../commands.js';
 import type { IngestOutcome } from '../../../src/core/telemetry.js';
 
 export const DROPPED_TOPIC = '$iotgate/dropped';
@@ -76,16 +78,32 @@ export function createAuthorizePublish(ctx: EdgeContext) {
     const protocol = ctx.sessions.connection(client)?.protocol ?? 'mqtt';
     ctx.messagesIn.inc({ listener: protocol });
     if (deviceId === null) return callback(null);
+    const fail = (err: unknown) => callback(err instanceof Error ? err : new Error(String(err)));
     if (topic !== telemetryTopic(deviceId)) {
-      const shadowRequest = parseShadowRequest(deviceRelative(topic, deviceId) ?? '');
+      const relative = deviceRelative(topic, deviceId) ?? '';
+      const commandId = parseResponseTopic(relative);
+      if (commandId !== null) {
+        // An answer to the gateway: recorded before the PUBACK, forwarded to nobody.
+        const payload = packet.payload as Buffer;
+        drop(packet);
+        const record = () =>
+          ctx.deps.commands.respond(deviceId, commandId, payload).then((r) => {
+            if (!r.ok) {
+              const code = r.reason === 'invalid' ? REASON.payloadFormatInvalid : REASON.implementationSpecific;
+              refuse(packet, deviceId, 'command_response_rejected', { code, message: r.message, topic });
+            }
+            callback(null);
+          }, fail);
+        if (packet.qos !== 2) return void record();
+        ctx.isQos2Retransmission(client, packet).then((again) => (again ? callback(null) : record()), fail);
+        return;
+      }
+      const shadowRequest = parseShadowRequest(relative);
       if (shadowRequest === null) return callback(null);
       // A request to the gateway, not a message for subscribers: answer it, forward nothing.
       const payload = packet.payload as Buffer;
       drop(packet);
-      handleShadowRequest(ctx.aedes, ctx.deps.shadows, deviceId, shadowRequest, payload).then(
-        () => callback(null),
-        (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
-      );
+      handleShadowRequest(ctx.aedes, ctx.deps.shadows, deviceId, shadowRequest, payload).then(() => callback(null), fail);
       return;
     }
 
@@ -100,7 +118,6 @@ export function createAuthorizePublish(ctx: EdgeContext) {
       }
       callback(null);
     };
-    const fail = (err: unknown) => callback(err instanceof Error ? err : new Error(String(err)));
     const ingest = () => {
       const outcome = ingestTelemetry({ deviceId, protocol, payload: packet.payload as Buffer });
       if (outcome instanceof Promise) outcome.then(finish, fail);
