@@ -124,7 +124,7 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
 
   // After the clientReady listener above: a restored session's device is in the session table.
   const commandBridge = attachCommandBridge({ aedes, sessions, persistence: offline.persistence, commands: deps.commands });
-  ctx.isLiveCommand = commandBridge.isLive;
+  ctx.isCommandReplay = commandBridge.isReplay;
 
   const onStatus = (event: { deviceId: string; online: boolean; reason: string; at: number; version: number }) => {
     if (!aedes.closed) void publishStatus(aedes, event.deviceId, event);

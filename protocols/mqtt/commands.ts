@@ -6,7 +6,8 @@
  * The command service, not the broker, owns redelivery: commands go to the device as soon as it
  * subscribes (or reconnects with a persistent subscription), in creation order, and copies that
  * aedes stored for a persistent session are dropped when aedes replays them, so a command arrives
- * once per delivery attempt.
+ * once per delivery attempt. (An admin's raw publish on a commands topic is plain MQTT: forwarded,
+ * with no command record behind it.)
  *
  * aedes tells nobody which PUBACK answers which PUBLISH for clean sessions ('ack' gives no packet
  * then), so this module chooses the packet identifier itself: the next one of the client's own
@@ -65,8 +66,8 @@ export function isCommandTopic(relative: string): boolean {
 }
 
 export interface CommandBridge {
-  /** authorizeForward: is this packet a live command delivery (not a replay of a stored copy)? */
-  isLive(packet: object): boolean;
+  /** authorizeForward: is this aedes replaying its stored copy of a command this bridge sent? */
+  isReplay(packet: { brokerId?: string }): boolean;
   detach(): void;
 }
 
@@ -176,7 +177,7 @@ export function attachCommandBridge(opts: {
   aedes.on('unsubscribe', onUnsubscribe);
   aedes.on('clientReady', onReady);
   return {
-    isLive: (packet) => live.has(packet),
+    isReplay: (packet) => packet.brokerId === brokerId && !live.has(packet),
     detach() {
       detachTransport();
       aedes.off('subscribe', onSubscribe);

@@ -25,8 +25,8 @@ export interface EdgeContext {
   aedes: Aedes;
   /** A QoS 2 PUBLISH whose id is already stored: a retransmission aedes answers without publishing. */
   isQos2Retransmission(client: Client, packet: PublishPacket): Promise<boolean>;
-  /** A packet on a commands topic that the command bridge is delivering now (not a stored replay). */
-  isLiveCommand(packet: object): boolean;
+  /** aedes replaying its stored copy of a command the command bridge sent (the bridge re-sends it). */
+  isCommandReplay(packet: { brokerId?: string }): boolean;
   messagesIn: Counter<'listener'>;
   messagesOut: Counter;
   rejections: Counter<'reason'>;

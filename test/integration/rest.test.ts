@@ -206,11 +206,15 @@ describe('REST facade', { skip: !hasTool('openssl') && 'openssl is not installed
       { method: 'GET', path: '/v1/devices/authz-1/shadows', scope: 'shadow:read' },
       { method: 'POST', path: '/v1/devices/authz-1/firmware', scope: 'firmware:write', body: { version: '1', url: 'https://x/fw', sha256: 'a'.repeat(64) } },
       { method: 'GET', path: '/v1/devices/authz-1/firmware', scope: 'firmware:write' },
+      { method: 'POST', path: '/v1/devices/authz-1/commands', scope: 'commands:send', body: { name: 'reboot', wait: false } },
+      { method: 'GET', path: '/v1/devices/authz-1/commands', scope: 'commands:send' },
+      { method: 'GET', path: '/v1/devices/authz-1/commands/c1', scope: 'commands:send' },
+      { method: 'DELETE', path: '/v1/devices/authz-1/commands/c1', scope: 'commands:send' },
       { method: 'GET', path: '/v1/schemas/generic', scope: 'devices:read' },
     ];
     /** Routes that take a device token instead of a service JWT. */
     const deviceTokenRoutes = [{ method: 'POST', path: '/v1/devices/authz-1/telemetry' }];
-    const documentedPath = (path: string) => path.replace('authz-1', '{id}').replace('/v1/schemas/generic', '/v1/schemas/{type}');
+    const documentedPath = (path: string) => path.replace('authz-1', '{id}').replace('/commands/c1', '/commands/{commandId}').replace('/v1/schemas/generic', '/v1/schemas/{type}');
 
     it('the route table covers every /v1 route in the OpenAPI document', async () => {
       const doc = await call(gw.url, 'GET', '/openapi.json');
