@@ -6,6 +6,7 @@
  * request costs one timer and one promise.
  */
 import { randomUUID } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from 'pino';
 import type { DeviceTypeCodec } from '../codecs/codec.js';
 import {
@@ -65,7 +66,8 @@ interface Waiter {
   timer: NodeJS.Timeout;
 }
 
-const sameRequest = (r: CommandRecord, input: SendInput) => r.name === input.name && JSON.stringify(r.params) === JSON.stringify(input.params);
+/** Same name and params (key order does not matter). */
+const sameRequest = (r: CommandRecord, input: SendInput) => r.name === input.name && isDeepStrictEqual(r.params, input.params);
 
 export class CommandService {
   private readonly queue = new KeyedQueue();
@@ -187,6 +189,30 @@ export class CommandService {
   /** The device can receive commands (again) on a connection that already got the unacknowledged ones. */
   kick(deviceId: string): void {
     this.pump(deviceId, false);
+  }
+
+  /** The device's unfinished, unexpired commands in creation order (no state change). */
+  async pending(deviceId: string): Promise<CommandRecord[]> {
+    const now = this.now();
+    return (await this.deps.store.open(deviceId)).filter((r) => r.expiresAt > now);
+  }
+
+  /**
+   * The device's unfinished commands in creation order, for a door that hands them over as a list
+   * (CoAP `GET /commands`): queued ones become sent, expired ones are finished and left out.
+   */
+  takePending(deviceId: string): Promise<CommandRecord[]> {
+    return this.queue.run(deviceId, async () => {
+      const out: CommandRecord[] = [];
+      for (const r of await this.deps.store.open(deviceId)) {
+        if (r.expiresAt <= this.now()) {
+          await this.move(deviceId, r.id, [r.state], { state: stateAtExpiry(r.state) });
+          continue;
+        }
+        out.push(r.state === 'queued' ? ((await this.move(deviceId, r.id, ['queued'], { state: 'sent' })) ?? r) : r);
+      }
+      return out;
+    });
   }
 
   /**

@@ -17,7 +17,8 @@ interface DeviceCommands {
   finished: number;
 }
 
-const copy = (r: CommandRecord): CommandRecord => ({ ...r });
+/** Deep: params and response are objects too, and callers must not be able to change stored records. */
+const copy = (r: CommandRecord): CommandRecord => structuredClone(r);
 
 function encodeCursor(seq: number): string {
   return Buffer.from(`c${seq}`).toString('base64url');
@@ -68,6 +69,7 @@ export class MemoryCommandStore implements CommandStore {
     if (change.response !== undefined) next.response = change.response;
     e.record = next;
     if (!wasFinished && isFinished(next.state)) this.finishedOne(d);
+    else if (wasFinished && !isFinished(next.state)) d.finished--;
     return copy(next);
   }
 
