@@ -1,7 +1,8 @@
 /**
  * Interop with clients nobody here wrote: Debian's mosquitto_sub (a service over TCP with its JWT)
  * receives what mosquitto_pub (a device over mutual TLS with files from POST /v1/register)
- * publishes; a wrong device token makes mosquitto_pub fail.
+ * publishes; a wrong device token makes mosquitto_pub fail; a device made of mosquitto_sub and
+ * mosquitto_pub (token login) receives a command created over REST and answers it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -108,4 +109,40 @@ test('mosquitto_pub with a wrong device token over TCP exits non-zero', async (t
   const code = await exitCode(pub, 10_000, 'mosquitto_pub');
   assert.notEqual(code, 0, pub.output());
   assert.match(pub.output(), /refused|not authori[sz]ed|bad user name or password/i);
+});
+
+test('mosquitto_sub as a device receives a command created over REST; mosquitto_pub answers it → succeeded', async (t) => {
+  if (!requireTool(t, 'mosquitto_sub') || !requireTool(t, 'mosquitto_pub') || !requireTool(t, 'stdbuf') || !requireTool(t, 'openssl')) return;
+  const gw = gateway();
+  const device = await registerDevice(gw, 'interop-mosq-3', 'ec');
+  const token = await gw.token('commands:send');
+  const login = ['-h', '127.0.0.1', '-p', String(gw.ports.mqtt), '-i', device.id, '-u', device.id, '-P', device.token];
+
+  // The device waits for one command at QoS 1; -d prints the SUBACK, so the command is created
+  // only once the subscription is in place (and is delivered to it at once).
+  const sub = start(t, 'stdbuf', ['-oL', toolPath('mosquitto_sub') as string, ...login, '-t', `devices/${device.id}/commands/+`, '-q', '1', '-C', '1', '-W', '10', '-v', '-d']);
+  await sub.waitForOutput(/received SUBACK/, 10_000, 'mosquitto_sub subscribed');
+
+  const created = await fetch(`${gw.url}/v1/devices/${device.id}/commands`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'reboot', params: { delay: 1 }, wait: false }),
+  });
+  assert.equal(created.status, 202);
+  const command = (await created.json()) as { id: string; expiresAt: number };
+  const topic = `devices/${device.id}/commands/${command.id}`;
+
+  assert.equal(await exitCode(sub, 12_000, 'mosquitto_sub'), 0, sub.output());
+  const line = sub.output().split('\n').find((l) => l.startsWith(`${topic} `));
+  assert.ok(line, `the command on its topic; output:\n${sub.output()}`);
+  assert.deepEqual(JSON.parse(line.slice(topic.length + 1)), { id: command.id, name: 'reboot', params: { delay: 1 }, expiresAt: command.expiresAt });
+
+  // mosquitto_pub exits after the PUBACK, which the gateway sends once the answer is recorded.
+  const pub = start(t, 'mosquitto_pub', [...login, '-t', `${topic}/response`, '-m', '{"status":200,"payload":"ok"}', '-q', '1']);
+  assert.equal(await exitCode(pub, 10_000, 'mosquitto_pub'), 0, pub.output());
+  const res = await fetch(`${gw.url}/v1/devices/${device.id}/commands/${command.id}`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(res.status, 200);
+  const done = (await res.json()) as { state: string; response?: unknown };
+  assert.equal(done.state, 'succeeded');
+  assert.deepEqual(done.response, { status: 200, payload: 'ok' });
 });
