@@ -31,7 +31,8 @@ import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDev
 import { buildHttpApp } from './http/app.js';
 import type { ComponentStatus } from './http/routes/health.js';
 import { startMqttEdge, type MqttEdge } from '../protocols/mqtt/edge.js';
-import { bindCoap, type CoapListener } from '../protocols/coap/server.js';
+import { startCoapEdge, type CoapEdge } from '../protocols/coap/server.js';
+import { startCoapsEdge, type CoapsEdge } from '../protocols/coap/dtls.js';
 
 const CRL_REFRESH_MS = 24 * 3600 * 1000;
 
@@ -40,6 +41,8 @@ export interface Addresses {
   mqtt: number;
   mqtts: number;
   coap: number;
+  /** The coaps (DTLS) port, or null when coaps.enabled is false. */
+  coaps: number | null;
 }
 
 export interface Gateway {
@@ -166,7 +169,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
 
   let state: 'built' | 'starting' | 'running' | 'stopping' | 'stopped' = 'built';
   let mqtt: MqttEdge | null = null;
-  let coap: CoapListener | null = null;
+  let coap: CoapEdge | null = null;
+  let coaps: CoapsEdge | null = null;
   let bound: Addresses | null = null;
 
   const listenerStatus = (up: boolean): ComponentStatus =>
@@ -205,6 +209,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       mqtt: listenerStatus(mqtt?.listening().mqtt === true),
       mqtts: listenerStatus(mqtt?.listening().mqtts === true),
       coap: listenerStatus(coap !== null),
+      ...(config.coaps.enabled && { coaps: listenerStatus(coaps !== null) }),
     }),
   });
 
@@ -217,6 +222,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   credentials.on('revoked', (record) => {
     const closed = mqtt?.broker.disconnectDevice(record.id, 'revoked') ?? 0;
     if (closed > 0) mqttLog.info({ deviceId: record.id, sessions: closed }, 'closed sessions of a revoked device');
+    // Its DTLS sessions end too; a new handshake is refused (the PSK and certificate checks read the index).
+    coaps?.dropDevice(record.id, 'revoked');
     // Re-signing from the whole CA database (not just re-reading ca.crl) heals a CRL that two
     // processes revoking at the same moment could have written without each other's serial.
     void refreshCrl();
@@ -272,13 +279,47 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
         tls: { key: material.serverKeyPem, cert: material.serverCertPem, ca: material.caCertPem, crl: crlPem },
       },
     );
-    coap = await bindCoap(host, config.coap.port);
+    coap = await startCoapEdge(
+      {
+        log: log.child({ module: 'coap' }),
+        metrics,
+        bus,
+        credentials,
+        presence,
+        shadows,
+        commands,
+        rateLimits,
+        ingestTelemetry: ({ deviceId, protocol, payload, contentType }) =>
+          telemetry.ingest({ deviceId, protocol, payload, type: typeOf(deviceId) ?? 'generic', ...(contentType && { contentType }) }),
+        settings: {
+          presenceWindowMs: config.coap.presenceWindowMs,
+          dedupEntries: config.coap.dedupEntries,
+          maxBlockTransfers: config.coap.maxBlockTransfers,
+          maxPayloadBytes: config.limits.telemetryBytes,
+        },
+      },
+      { host, port: config.coap.port },
+    );
+    if (config.coaps.enabled) {
+      coaps = await startCoapsEdge(
+        coap.context,
+        {
+          credentials,
+          caCertPem: material.caCertPem,
+          serverCertPem: material.serverCertPem,
+          serverKeyPem: material.serverKeyPem,
+          tokenSecret: material.tokenSecret,
+        },
+        { host, port: config.coaps.port },
+      );
+    }
 
     bound = {
       http: Number(new URL(httpAddress).port),
       mqtt: mqtt.ports.mqtt,
       mqtts: mqtt.ports.mqtts,
       coap: coap.port(),
+      coaps: coaps?.port() ?? null,
     };
     state = 'running';
     log.info({ ...bound }, 'iotgate ready');
@@ -297,6 +338,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       // Stop accepting first, then close sessions and in-flight HTTP requests.
       await mqtt?.close();
       await Promise.all([http.close(), coap?.close()]);
+      // After the CoAP edge: its final Observe notifications (5.03) still go out over DTLS.
+      await coaps?.close();
       firmware.close();
       await webhooks.close();
       events.close();

@@ -101,7 +101,20 @@ export const configSchema = z
         maxTopicLevels: positiveInt.max(100).default(32),
       })
       .prefault({}),
-    coap: listener(5683),
+    coap: z
+      .strictObject({
+        port: port.default(5683),
+        /** A CoAP device with no request and no Observe registration for this long goes offline. */
+        presenceWindowMs: positiveInt.max(86_400_000).default(60_000),
+        /**
+         * Responses kept to answer retransmitted CON requests without running them again (RFC 7252
+         * §4.5). Bounded by count: each entry holds a response and its retransmission state.
+         */
+        dedupEntries: positiveInt.max(1_000_000).default(10_000),
+        /** Block1 uploads being assembled at once (each up to limits.telemetryBytes). */
+        maxBlockTransfers: positiveInt.max(100_000).default(256),
+      })
+      .prefault({}),
     coaps: z.strictObject({ port: port.default(5684), enabled: bool.default(false) }).prefault({}),
     certs: z
       .strictObject({

@@ -15,7 +15,9 @@ export type DisconnectReason =
   | 'protocol_error'
   | 'takeover'
   | 'revoked'
-  | 'shutdown';
+  | 'shutdown'
+  /** CoAP: no request and no Observe registration within coap.presenceWindowMs. */
+  | 'inactive';
 
 /** The retained `devices/{id}/status` document (contract §4). */
 export interface DeviceStatus {

@@ -16,6 +16,7 @@ import {
   parseUpdateRequest,
   shadowExists,
   SHADOW_MESSAGES,
+  type AcceptedDocument,
   type DeltaDocument,
   type ShadowDocument,
   type ShadowLimits,
@@ -85,7 +86,7 @@ export class ShadowService {
     body: unknown,
     writer: Writer,
     opts: { ifMatch?: number } = {},
-  ): Promise<ShadowResult<{ version: number; document: ShadowDocument }>> {
+  ): Promise<ShadowResult<{ version: number; document: ShadowDocument; accepted: AcceptedDocument }>> {
     const bad = this.checkName(name);
     if (bad) return { ok: false, error: bad };
     const parsed = parseUpdateRequest(body, writer, this.deps.limits);
@@ -111,7 +112,7 @@ export class ShadowService {
               delta: applied.delta,
             }),
           );
-          return { ok: true as const, version: applied.next.version, document: fullDocument(applied.next, request.clientToken) };
+          return { ok: true as const, version: applied.next.version, document: fullDocument(applied.next, request.clientToken), accepted: applied.accepted };
         }
         // Another gateway wrote in between. A request that named its version now conflicts.
         if (request.version !== undefined || opts.ifMatch !== undefined) break;
