@@ -35,6 +35,8 @@ import { startCoapEdge, type CoapEdge } from '../protocols/coap/server.js';
 import { startCoapsEdge, type CoapsEdge } from '../protocols/coap/dtls.js';
 
 const CRL_REFRESH_MS = 24 * 3600 * 1000;
+/** How long stop() lets in-flight HTTP requests finish before it cuts the remaining sockets. */
+const HTTP_CLOSE_GRACE_MS = 5_000;
 
 export interface Addresses {
   http: number;
@@ -326,6 +328,19 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     return bound;
   }
 
+  /**
+   * Fastify's close waits for in-flight requests, and a connection that opened but never sent a
+   * request is not "idle" to Node: after a grace period every remaining socket is cut.
+   */
+  async function closeHttp(): Promise<void> {
+    const cut = setTimeout(() => http.server.closeAllConnections(), HTTP_CLOSE_GRACE_MS);
+    try {
+      await http.close();
+    } finally {
+      clearTimeout(cut);
+    }
+  }
+
   let stopping: Promise<void> | null = null;
   async function stop(): Promise<void> {
     stopping ??= (async () => {
@@ -337,7 +352,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       commands.close();
       // Stop accepting first, then close sessions and in-flight HTTP requests.
       await mqtt?.close();
-      await Promise.all([http.close(), coap?.close()]);
+      await Promise.all([closeHttp(), coap?.close()]);
       // After the CoAP edge: its final Observe notifications (5.03) still go out over DTLS.
       await coaps?.close();
       firmware.close();

@@ -44,7 +44,8 @@ export interface SendInput {
   idempotencyKey?: string | undefined;
 }
 
-export type WaitOutcome = { outcome: 'finished'; record: CommandRecord } | { outcome: 'timeout' | 'shutdown' | 'gone' };
+/** `aborted`: the caller went away (`cancel()`); the command itself is untouched. */
+export type WaitOutcome = { outcome: 'finished'; record: CommandRecord } | { outcome: 'timeout' | 'shutdown' | 'gone' | 'aborted' };
 
 export type RespondResult =
   | { ok: true; record: CommandRecord }
@@ -216,8 +217,8 @@ export class CommandService {
   }
 
   /**
-   * Waits until the command is finished or `timeoutMs` passes. `cancel()` releases the timer
-   * (the caller went away). Costs one timer and one promise.
+   * Waits until the command is finished or `timeoutMs` passes. `cancel()` (the caller went away)
+   * releases the timer and settles the promise with `aborted`. Costs one timer and one promise.
    */
   wait(deviceId: string, id: string, timeoutMs: number): { promise: Promise<WaitOutcome>; cancel(): void } {
     let waiter!: Waiter;
@@ -247,10 +248,7 @@ export class CommandService {
     }
     return {
       promise,
-      cancel: () => {
-        clearTimeout(waiter.timer);
-        this.dropWaiter(id, waiter);
-      },
+      cancel: () => waiter.resolve({ outcome: 'aborted' }),
     };
   }
 
@@ -318,6 +316,8 @@ export class CommandService {
           }
           const sent = r.state === 'sent' ? r : await this.move(deviceId, r.id, ['queued'], { state: 'sent' });
           if (!sent) continue;
+          // false: the device went away meanwhile; the record stays sent and the next
+          // (re)subscription resends it (resume → resend).
           if (!transport.deliver(sent, this.encode(sent))) break;
         }
       })

@@ -680,7 +680,7 @@ describe('CommandService: wait', () => {
     assert.equal(svc.waiting, 0);
   });
 
-  it('cancel() releases the waiter and its timer', async (t) => {
+  it('cancel() releases the waiter and its timer and settles the wait as aborted', async (t) => {
     const { svc } = setup(t);
     const { record } = await svc.send('dev-1', input());
     const w = svc.wait('dev-1', record.id, 60_000);
@@ -694,9 +694,11 @@ describe('CommandService: wait', () => {
     assert.equal(refTimers(), timersBefore - 1, "the waiter's timer is cleared");
     w.cancel();
     assert.equal(svc.waiting, 0, 'a second cancel is harmless');
+    await turn();
+    assert.deepEqual(settled, { outcome: 'aborted' }, 'the handler that waited completes');
     await svc.respond('dev-1', record.id, { status: 200 });
     await turn();
-    assert.equal(settled, undefined, 'a released waiter is not answered');
+    assert.deepEqual(settled, { outcome: 'aborted' }, 'a later answer does not reach a released waiter');
   });
 
   it("close() answers every waiter 'shutdown'; later waits and sends are refused", async (t) => {

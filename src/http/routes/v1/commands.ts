@@ -67,6 +67,8 @@ function sendWithRecord(reply: FastifyReply, request: FastifyRequest, code: Erro
 
 export const commandRoutes: FastifyPluginAsyncZod<{ devices: DeviceService; commands: CommandService }> = async (app, { devices, commands }) => {
   const answer = async (request: FastifyRequest, reply: FastifyReply, record: CommandRecord, outcome: WaitOutcome, timeoutMs: number) => {
+    // The client closed the connection: nobody to answer (Fastify drops a reply to a closed socket).
+    if (outcome.outcome === 'aborted') return reply.code(499).send();
     if (outcome.outcome === 'gone') return sendProblem(reply, request, problem('device_not_found', `device ${record.deviceId} was deleted`));
     const current = outcome.outcome === 'finished' ? outcome.record : ((await commands.get(record.deviceId, record.id)) ?? record);
     if (outcome.outcome === 'shutdown') {
