@@ -79,21 +79,24 @@ export class CoapObservers {
   private readonly detach: (() => void)[] = [];
 
   constructor(
-    private readonly deps: Pick<CoapEdgeDeps, 'bus' | 'shadows' | 'commands' | 'log'>,
+    private readonly deps: Pick<CoapEdgeDeps, 'bus' | 'remoteBus' | 'shadows' | 'commands' | 'log'>,
     private readonly activity: CoapActivity,
   ) {
     const onUpdated = (e: ShadowUpdated | ShadowDeleted) => this.shadowChanged(e.deviceId, e.name);
-    deps.bus.on('shadow.updated', onUpdated);
-    deps.bus.on('shadow.deleted', onUpdated);
+    // Changes made here and, with several gateways on one Redis, on the others (remoteBus).
+    for (const bus of [deps.bus, ...(deps.remoteBus ? [deps.remoteBus] : [])]) {
+      bus.on('shadow.updated', onUpdated);
+      bus.on('shadow.deleted', onUpdated);
+      this.detach.push(
+        () => bus.off('shadow.updated', onUpdated),
+        () => bus.off('shadow.deleted', onUpdated),
+      );
+    }
     const transport: CommandTransport = {
       reachable: (deviceId) => this.has(deviceId, 'commands'),
       deliver: (record) => this.commandDelivered(record),
     };
-    this.detach.push(
-      () => deps.bus.off('shadow.updated', onUpdated),
-      () => deps.bus.off('shadow.deleted', onUpdated),
-      deps.commands.attach(transport),
-    );
+    this.detach.push(deps.commands.attach(transport));
   }
 
   get size(): number {

@@ -15,6 +15,8 @@ export interface CoapEdgeDeps {
   log: Logger;
   metrics: Registry;
   bus: EventBus;
+  /** Other gateways' events (shadow changes) when several share Redis: see src/cluster/link.ts. */
+  remoteBus?: EventBus;
   credentials: CredentialIndex;
   presence: PresenceService;
   shadows: ShadowService;

@@ -192,6 +192,24 @@ export class CommandService {
     this.pump(deviceId, false);
   }
 
+  /**
+   * A command changed on another gateway sharing the store (the cluster link): a new one may be
+   * for a device connected here (deliver it, and watch its expiry here too — expiring is a
+   * compare-and-set, so two gateways cannot both do it); a finished one answers the requests
+   * waiting here.
+   */
+  remoteUpdate(record: CommandRecord): void {
+    if (this.closed) return;
+    if (isFinished(record.state)) {
+      this.notify(record.id, { outcome: 'finished', record });
+      return;
+    }
+    if (record.state === 'queued') {
+      this.deadlines.add(record.expiresAt, { deviceId: record.deviceId, id: record.id });
+      this.pump(record.deviceId, false);
+    }
+  }
+
   /** The device's unfinished, unexpired commands in creation order (no state change). */
   async pending(deviceId: string): Promise<CommandRecord[]> {
     const now = this.now();
