@@ -38,7 +38,20 @@ export function describeWindow(ms: number): string {
   return `${ms}ms`;
 }
 
-export class RateLimiter {
+/**
+ * What the doors need of a rate limiter: the in-memory RateLimiter here, and the one whose counts
+ * are shared by every gateway through Redis (src/stores/redis/rate-limit.ts). `take` decides
+ * synchronously on the hot path.
+ */
+export interface Limiter {
+  readonly enabled: boolean;
+  /** Takes `amount` units for `key`; null when allowed, else what was exceeded. */
+  take(key: string, amount?: number, now?: number): RateRefusal | null;
+  forget(key: string): void;
+  close(): void;
+}
+
+export class RateLimiter implements Limiter {
   private readonly buckets = new Map<string, Bucket>();
   private readonly windows: RateWindow[];
   private readonly sweeper: NodeJS.Timeout;

@@ -1,5 +1,5 @@
 /**
- * The DeviceRegistry contract (style rule 2): every implementation (memory now, Redis later) runs
+ * The DeviceRegistry contract (style rule 2): every implementation (memory, Redis) runs
  * this suite through `deviceRegistryContract(name, build)`.
  */
 import { describe, it } from 'node:test';
@@ -97,6 +97,13 @@ export function deviceRegistryContract(name: string, build: () => Promise<Device
       const exact = await r.list({ limit: sorted.length });
       assert.equal(exact.items.length, sorted.length);
       assert.equal(exact.nextCursor, null, 'no empty last page when the page is exactly full');
+    });
+
+    it('concurrent creates of one id: exactly one wins, and its record is stored', async (t) => {
+      const r = await fresh(t);
+      const results = await Promise.all(Array.from({ length: 10 }, (_, i) => r.create(device('same', { type: `t${i}` }))));
+      assert.equal(results.filter(Boolean).length, 1);
+      assert.equal((await r.get('same'))?.type, `t${results.indexOf(true)}`);
     });
 
     it('rejects a cursor it did not issue', async (t) => {

@@ -1,0 +1,79 @@
+/**
+ * The TelemetryStore contract on a real redis-server (one per file, a fresh key prefix per test),
+ * plus: an awaited append is readable by another gateway at once, appends from clocks that
+ * disagree are all kept, and a device's history expires as a whole after retentionMs idle.
+ */
+import { after, describe, it, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { pino } from 'pino';
+import { createRedisStores, RedisKeys, RedisTelemetryStore, type RedisStores } from '../../src/stores/redis/index.js';
+import { startRedis } from '../helpers/redis.js';
+import { hasTool, requireTool } from '../helpers/tools.js';
+import { record, telemetryStoreContract } from './telemetry-store.js';
+
+const silent = pino({ level: 'silent' });
+const retention = { retentionCount: 100, retentionMs: 3_600_000 };
+
+async function connect(url: string, keyPrefix: string, t?: { after: (fn: () => Promise<void>) => void }): Promise<RedisStores> {
+  const stores = createRedisStores(url, { historyMax: 100, telemetry: retention, keyPrefix, log: silent });
+  if (t) t.after(() => stores.close());
+  await stores.ready();
+  return stores;
+}
+
+const redis = hasTool('redis-server') ? await startRedis(null) : null;
+if (!redis) {
+  test('redis telemetry store', (t) => void requireTool(t, 'redis-server'));
+} else {
+  const shared = await connect(redis.url, 'unused:');
+  after(async () => {
+    await shared.close();
+    await redis.dispose();
+  });
+  let n = 0;
+  telemetryStoreContract('redis', async (r) => new RedisTelemetryStore(shared.client, new RedisKeys(`t${++n}:`), r));
+
+  describe('RedisTelemetryStore', () => {
+    it('an awaited append is in Redis: another gateway reads it at once', async (t) => {
+      const prefix = `x${++n}:`;
+      const a = await connect(redis.url, prefix, t);
+      const b = await connect(redis.url, prefix, t);
+      const now = Date.now();
+      const appends = Array.from({ length: 50 }, (_, i) => a.telemetry.append(record('dev-1', now + i, { i })));
+      await Promise.all(appends);
+      assert.deepEqual((await b.telemetry.history('dev-1', { limit: 3 })).map((r) => r.data.i), [47, 48, 49]);
+      assert.deepEqual((await b.telemetry.latest('dev-1'))?.data, { i: 49 });
+      await b.telemetry.forget('dev-1');
+      assert.equal(await a.telemetry.latest('dev-1'), null);
+    });
+
+    it('keeps appends whose receivedAt is older than the newest (clocks of two gateways)', async () => {
+      const s = new RedisTelemetryStore(shared.client, new RedisKeys(`x${++n}:`), retention);
+      const now = Date.now();
+      await s.append(record('dev-2', now, { i: 0 }));
+      await s.append(record('dev-2', now - 50, { i: 1 }));
+      await s.append(record('dev-2', now + 1, { i: 2 }));
+      const all = await s.history('dev-2', { limit: 10 });
+      assert.deepEqual(all.map((r) => r.data.i), [0, 1, 2], 'in append order');
+      assert.equal(all[1]?.receivedAt, now - 50, 'each record keeps its own receivedAt');
+    });
+
+    it('bounds a device: exact count, and the whole history expires retentionMs after the last append', async () => {
+      const keys = new RedisKeys(`x${++n}:`);
+      const s = new RedisTelemetryStore(shared.client, keys, { retentionCount: 5, retentionMs: 60_000 });
+      const now = Date.now();
+      for (let i = 0; i < 12; i++) await s.append(record('dev-3', now + i, { i }));
+      assert.equal(await shared.client.xlen(keys.telemetry('dev-3')), 5);
+      const ttl = await shared.client.pttl(keys.telemetry('dev-3'));
+      assert.ok(ttl > 50_000 && ttl <= 60_000, `pttl ${ttl}`);
+    });
+
+    it('keeps numbers and strings of the data exactly', async () => {
+      const s = new RedisTelemetryStore(shared.client, new RedisKeys(`x${++n}:`), retention);
+      const data = { big: 9007199254740991, pi: 3.141592653589793, tiny: 1e-300, s: 'é\u0000"', nested: { a: [1, null, { b: true }] } };
+      const r = record('dev-4', Date.now(), data);
+      await s.append(r);
+      assert.deepEqual(await s.latest('dev-4'), r);
+    });
+  });
+}
