@@ -1,7 +1,11 @@
 /** The `iotgate` command table (contract §3). Each command lives in commands/<name>.ts. */
 import { Command, CommanderError, Option } from 'commander';
 import { PACKAGE_VERSION } from '../package-info.js';
-import { CliError, userMessage, type GlobalOptions } from './context.js';
+import { userMessage, type GlobalOptions } from './context.js';
+
+/** The scenario names of `iotgate bench` (bench/harness/scenarios.ts), for --help. */
+const SCENARIOS_HELP =
+  'mqtt-route-qos0, mqtt-route-qos1, telemetry-pipeline-qos1, telemetry-pipeline-qos1-protobuf, shadow-roundtrip, command-roundtrip, rest-read, coap-telemetry, connections, overload, soak-coap';
 
 export function buildProgram(): Command {
   const program = new Command('iotgate')
@@ -79,22 +83,41 @@ export function buildProgram(): Command {
 
   program
     .command('simulate')
-    .description('a fleet of simulated devices with a progress line (planned: benchmark issue)')
-    .option('--devices <n>', 'number of devices')
-    .option('--rate <r>', 'messages per second per device')
-    .option('--protocol <p>', 'mqtt or coap')
-    .option('--duration <s>', 'seconds')
-    .action(() => notBuilt('simulate'));
+    .description('a fleet of simulated devices against a running gateway: telemetry, shadow reports, command answers; a live progress line')
+    .option('--devices <n>', 'number of devices (registered over REST as <prefix><n>)', '10')
+    .option('--rate <r>', 'telemetry messages per second per device (may be fractional)', '1')
+    .addOption(new Option('--protocol <p>', 'how devices connect').choices(['mqtt', 'coap']).default('mqtt'))
+    .option('--duration <s>', 'seconds to run (default: until Ctrl-C), then print the summary')
+    .addOption(new Option('--type <type>', 'device type').choices(['generic', 'tracker', 'thermostat']).default('generic'))
+    .option('--prefix <p>', 'device id prefix (default: sim-<random>-)')
+    .option('--token <jwt>', 'service JWT with scope provision (default: minted with the certs dir)')
+    .option('--mqtt-url <url>', 'mqtt://host:port (default: the --url host and the configured MQTT port)')
+    .option('--coap-url <url>', 'coap://host:port (default: the --url host and the configured CoAP port)')
+    .option('--shadow-every <s>', 'seconds between shadow reports of each device', '30')
+    .addHelpText(
+      'after',
+      '\nDevices stay registered after the run. Exit code 1 when no device connected or no telemetry was acknowledged.\n' +
+        'Example: iotgate simulate --devices 100 --rate 2 --duration 60 --json',
+    )
+    .action(async (o: Record<string, string | undefined>, cmd: Command) => {
+      const { simulate } = await import('./commands/simulate.js');
+      await simulate({ ...globals(cmd), ...o });
+    });
   program
     .command('bench')
-    .description('benchmark against a bare aedes baseline (planned: benchmark issue)')
-    .action(() => notBuilt('bench'));
+    .description('benchmark iotgate against bare aedes, Fastify and coap baselines on loopback (table, or JSON with --json)')
+    .option('--quick', 'short windows, fewer connections: under a minute, for a smoke check, not for numbers')
+    .option('--scenario <name>', `run only this scenario (repeatable or comma-separated): ${SCENARIOS_HELP}`, (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--redis <url>', 'also measure a gateway keeping its state in this Redis (redis://host:port/db)')
+    .option('--rounds <n>', 'alternated repetitions per measurement, the median run reported (default 3, --quick 1)')
+    .option('--cpu-prof <dir>', 'write a V8 CPU profile (.cpuprofile) of every server process (iotgate and baselines) into DIR')
+    .addHelpText('after', '\nProgress goes to stderr. The machine, the table and the targets: docs/performance.md.')
+    .action(async (o: { quick?: boolean; scenario?: string[]; redis?: string; rounds?: string; cpuProf?: string }, cmd: Command) => {
+      const { bench } = await import('./commands/bench.js');
+      await bench({ ...globals(cmd), ...o });
+    });
 
   return program;
-}
-
-function notBuilt(name: string): never {
-  throw new CliError(`iotgate ${name} is not built yet (see the benchmark issue)`);
 }
 
 /** Runs the CLI; never prints a stack trace for a user error. */

@@ -26,7 +26,14 @@ export class ConversionError extends Error {
   }
 }
 
-const isTimestamp = (t: Type): boolean => t.fullName === TIMESTAMP;
+// protobufjs computes `fullName` by walking the parents on every read: on the decode hot path
+// the answer is remembered per Type (a resolved Type never moves).
+const timestampTypes = new WeakMap<Type, boolean>();
+const isTimestamp = (t: Type): boolean => {
+  let r = timestampTypes.get(t);
+  if (r === undefined) timestampTypes.set(t, (r = t.fullName === TIMESTAMP));
+  return r;
+};
 const isLong = (f: Field): boolean => f.long;
 const messageType = (f: Field): Type | null => (f.resolvedType instanceof protobuf.Type ? f.resolvedType : null);
 const enumType = (f: Field): Enum | null => (f.resolvedType instanceof protobuf.Enum ? f.resolvedType : null);
@@ -57,10 +64,23 @@ function entries(f: Field, v: unknown, path: string): Array<[unknown, string, (n
   return [];
 }
 
+/** A message-typed field that holds a Timestamp, or a message that contains one (see `toCanonical`). */
+interface CanonicalField {
+  name: string;
+  /** `/<escaped name>`, the field's JSON Pointer segment */
+  segment: string;
+  type: Type;
+  /** map or repeated */
+  many: boolean;
+  field: Field;
+}
+
 /** Converts decoded messages of one Telemetry (or CommandResponse) type to their canonical JSON form, in place. */
 export class ProtoJson {
   readonly #hasTimestamp = new Map<Type, boolean>();
   readonly #needsNormalize = new Map<Type, boolean>();
+  /** Per message type, the only fields `toCanonical` has to visit (null: none). */
+  readonly #canonicalFields = new Map<Type, CanonicalField[] | null>();
 
   #timestamps(t: Type): boolean {
     let r = this.#hasTimestamp.get(t);
@@ -77,17 +97,34 @@ export class ProtoJson {
     return r;
   }
 
+  #canonicalPlan(t: Type): CanonicalField[] | null {
+    let plan = this.#canonicalFields.get(t);
+    if (plan === undefined) {
+      plan = null;
+      if (this.#timestamps(t)) {
+        plan = [];
+        for (const f of t.fieldsArray) {
+          const m = messageType(f);
+          if (!m || (!isTimestamp(m) && !this.#timestamps(m))) continue;
+          plan.push({ name: f.name, segment: `/${escapePointer(f.name)}`, type: m, many: f.map || f.repeated, field: f });
+        }
+      }
+      this.#canonicalFields.set(t, plan);
+    }
+    return plan;
+  }
+
   /** Replaces every google.protobuf.Timestamp object under `obj` (a `toObject` result of `t`) by an RFC 3339 string. */
   toCanonical(obj: Record<string, unknown>, t: Type, path = ''): void {
-    if (!this.#timestamps(t)) return;
-    for (const f of t.fieldsArray) {
-      const m = messageType(f);
+    const plan = this.#canonicalPlan(t);
+    if (plan === null) return;
+    for (const f of plan) {
       const v = obj[f.name];
-      if (!m || v === undefined || v === null || (!isTimestamp(m) && !this.#timestamps(m))) continue;
-      const fpath = `${path}/${escapePointer(f.name)}`;
-      if (f.map || f.repeated) {
-        for (const [x, p, set] of entries(f, v, fpath)) set(this.#canonicalValue(x, m, p));
-      } else obj[f.name] = this.#canonicalValue(v, m, fpath);
+      if (v === undefined || v === null) continue;
+      const fpath = path + f.segment;
+      if (f.many) {
+        for (const [x, p, set] of entries(f.field, v, fpath)) set(this.#canonicalValue(x, f.type, p));
+      } else obj[f.name] = this.#canonicalValue(v, f.type, fpath);
     }
   }
 

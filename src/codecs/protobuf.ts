@@ -17,7 +17,7 @@ import {
   type SchemaDescription,
   type TelemetryRejection,
 } from './codec.js';
-import { deviceTimeOf, tooDeepAt } from './document.js';
+import { DEVICE_TIME_MAX, DEVICE_TIME_MIN, deviceTimeOf, tooDeepAt } from './document.js';
 import { SchemaLoadError, escapeRegExp, lineAt, lineOf } from './errors.js';
 import { jsonDeviceTime, parseJsonObject, validateDocument } from './json.js';
 import { ConversionError, ProtoJson, TIMESTAMP, TO_OBJECT } from './proto-json.js';
@@ -214,7 +214,8 @@ export class ProtobufCodec implements DeviceTypeCodec {
 
   #decodeProtobuf(payload: Buffer): DecodeResult {
     const { telemetry } = this.#o.schema;
-    const decoded = this.#decodeMessage(telemetry, payload);
+    let deviceTime: number | null = null;
+    const decoded = this.#decodeMessage(telemetry, payload, (raw) => (deviceTime = this.#rawDeviceTime(raw)));
     if (!decoded.ok) return decoded;
     const value = decoded.value;
     const deep = tooDeepAt(value, 1, this.#o.limits.maxDepth);
@@ -223,11 +224,32 @@ export class ProtobufCodec implements DeviceTypeCodec {
       const violation = validateDocument(this.#o.validate, value);
       if (violation) return { ok: false, error: violation };
     }
-    return { ok: true, value, deviceTime: this.#deviceTime(value) };
+    return { ok: true, value, deviceTime: this.#timeFields.length > 0 ? deviceTime : this.#deviceTime(value) };
   }
 
-  /** Type.decode + toObject + Timestamps, with protobufjs' errors as rejections. */
-  #decodeMessage(t: Type, payload: Buffer): { ok: true; value: Record<string, unknown> } | { ok: false; error: TelemetryRejection } {
+  /**
+   * The device time from the decoded Timestamps themselves, before they become strings: the same
+   * result as `#deviceTime` on the canonical form (RFC 3339 round-trips seconds and nanos exactly)
+   * without formatting and re-parsing a date per message.
+   */
+  #rawDeviceTime(raw: Record<string, unknown>): number | null {
+    for (const f of this.#timeFields) {
+      const ts = raw[f];
+      if (ts === undefined) continue;
+      if (typeof ts !== 'object' || ts === null) return null;
+      const o = ts as Record<string, unknown>;
+      const ms = Number(o['seconds'] ?? 0) * 1000 + Math.floor(Number(o['nanos'] ?? 0) / 1_000_000);
+      return Number.isFinite(ms) && ms >= DEVICE_TIME_MIN && ms < DEVICE_TIME_MAX ? Math.floor(ms) : null;
+    }
+    return null;
+  }
+
+  /** Type.decode + toObject + Timestamps, with protobufjs' errors as rejections. `raw` sees toObject's result first. */
+  #decodeMessage(
+    t: Type,
+    payload: Buffer,
+    raw?: (value: Record<string, unknown>) => void,
+  ): { ok: true; value: Record<string, unknown> } | { ok: false; error: TelemetryRejection } {
     let message: protobuf.Message;
     try {
       message = t.decode(payload);
@@ -239,6 +261,7 @@ export class ProtobufCodec implements DeviceTypeCodec {
       return reject('undecodable', `invalid protobuf ${t.fullName.slice(1)}: ${reason}`);
     }
     const value = t.toObject(message, TO_OBJECT);
+    raw?.(value);
     try {
       this.#json.toCanonical(value, t);
     } catch (err) {

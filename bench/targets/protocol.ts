@@ -1,0 +1,32 @@
+/** What the harness and a target process say to each other. */
+import type { CredentialRecord } from '../../src/core/model.js';
+
+/** `aedes-nagle`: bare aedes without TCP_NODELAY on its sockets (Node's default), for comparison. */
+export type TargetKind = 'aedes' | 'aedes-nagle' | 'fastify' | 'coap' | 'iotgate';
+
+export interface TargetPorts {
+  mqtt?: number;
+  http?: number;
+  coap?: number;
+}
+
+export interface RunningTarget {
+  ports: TargetPorts;
+  /** e.g. the store the gateway reports in /readyz */
+  info: Record<string, string>;
+  /** Token-only device credentials straight into the running gateway's credential index. */
+  provision?(records: CredentialRecord[]): void;
+  stop(): Promise<void>;
+}
+
+export type TargetRequest =
+  | { op: 'start'; kind: TargetKind; env?: Record<string, string> }
+  | { op: 'provision'; records: CredentialRecord[] }
+  | { op: 'stats' }
+  | { op: 'gc' }
+  | { op: 'stop' };
+
+export type TargetResponse =
+  | { op: 'started'; ports: TargetPorts; info: Record<string, string> }
+  | { op: 'stats'; cpuUs: number; rssBytes: number; heapUsedBytes: number; externalBytes: number }
+  | { op: 'ok' };
