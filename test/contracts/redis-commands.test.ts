@@ -4,34 +4,20 @@
  * connections), and records and queues surviving a redis-server crash (AOF).
  */
 import { once } from 'node:events';
-import { after, describe, it, test } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pino } from 'pino';
 import type { CommandRecord, CommandState } from '../../src/core/commands.js';
-import { createRedisStores, RedisCommandStore, RedisKeys, type RedisStores } from '../../src/stores/redis/index.js';
+import { RedisCommandStore, RedisKeys, type RedisStores } from '../../src/stores/redis/index.js';
 import { startRedis } from '../helpers/redis.js';
-import { hasTool, requireTool } from '../helpers/tools.js';
+import { connect, redisForFile } from './redis-harness.js';
 import { command, commandStoreContract } from './command-store.js';
 
-const silent = pino({ level: 'silent' });
 const BIG = { maxUndelivered: 1000 };
 
-async function connect(url: string, keyPrefix: string, t?: { after: (fn: () => Promise<void>) => void }): Promise<RedisStores> {
-  const stores = createRedisStores(url, { historyMax: 100, telemetry: { retentionCount: 100, retentionMs: 3_600_000 }, keyPrefix, log: silent });
-  if (t) t.after(() => stores.close());
-  await stores.ready();
-  return stores;
-}
 
-const redis = hasTool('redis-server') ? await startRedis(null) : null;
-if (!redis) {
-  test('redis command store', (t) => void requireTool(t, 'redis-server'));
-} else {
-  const shared = await connect(redis.url, 'unused:');
-  after(async () => {
-    await shared.close();
-    await redis.dispose();
-  });
+const env = await redisForFile('redis command store');
+if (env) {
+  const { redis, shared } = env;
   let n = 0;
   commandStoreContract('redis', async (opts) => new RedisCommandStore(shared.client, new RedisKeys(`t${++n}:`), opts));
 

@@ -2,32 +2,17 @@
  * The DeviceRegistry contract on a real redis-server (one per file, a fresh key prefix per test),
  * plus two gateways sharing the registry, and the fleet index kept apart from the device keys.
  */
-import { after, describe, it, test } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pino } from 'pino';
-import { createRedisStores, RedisDeviceRegistry, RedisKeys, type RedisStores } from '../../src/stores/redis/index.js';
-import { startRedis } from '../helpers/redis.js';
-import { hasTool, requireTool } from '../helpers/tools.js';
+import { RedisDeviceRegistry, RedisKeys } from '../../src/stores/redis/index.js';
+import { connect, redisForFile } from './redis-harness.js';
 import { device, deviceRegistryContract } from './device-registry.js';
 
-const silent = pino({ level: 'silent' });
 
-async function connect(url: string, keyPrefix: string, t?: { after: (fn: () => Promise<void>) => void }): Promise<RedisStores> {
-  const stores = createRedisStores(url, { historyMax: 100, telemetry: { retentionCount: 100, retentionMs: 3_600_000 }, keyPrefix, log: silent });
-  if (t) t.after(() => stores.close());
-  await stores.ready();
-  return stores;
-}
 
-const redis = hasTool('redis-server') ? await startRedis(null) : null;
-if (!redis) {
-  test('redis device registry', (t) => void requireTool(t, 'redis-server'));
-} else {
-  const shared = await connect(redis.url, 'unused:');
-  after(async () => {
-    await shared.close();
-    await redis.dispose();
-  });
+const env = await redisForFile('redis device registry');
+if (env) {
+  const { redis, shared } = env;
   let n = 0;
   deviceRegistryContract('redis', async () => new RedisDeviceRegistry(shared.client, new RedisKeys(`t${++n}:`)));
 

@@ -4,35 +4,21 @@
  * between them has exactly one winner, and documents survive a redis-server crash (AOF).
  */
 import { once } from 'node:events';
-import { after, describe, it, test } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pino } from 'pino';
 import type { StoredShadow } from '../../src/core/shadow.js';
-import { createRedisStores, RedisKeys, RedisShadowStore, type RedisStores } from '../../src/stores/redis/index.js';
+import { RedisKeys, RedisShadowStore, type RedisStores } from '../../src/stores/redis/index.js';
 import { startRedis } from '../helpers/redis.js';
-import { hasTool, requireTool } from '../helpers/tools.js';
+import { connect, redisForFile } from './redis-harness.js';
 import { shadowStoreContract } from './shadow-store.js';
 
-const silent = pino({ level: 'silent' });
 const doc = (version: number, desired: Record<string, unknown>): StoredShadow =>
   ({ state: { desired }, metadata: { desired: {} }, version, timestamp: 1 }) as StoredShadow;
 
-async function connect(url: string, keyPrefix: string, t?: { after: (fn: () => Promise<void>) => void }): Promise<RedisStores> {
-  const stores = createRedisStores(url, { historyMax: 100, telemetry: { retentionCount: 100, retentionMs: 3_600_000 }, keyPrefix, log: silent });
-  if (t) t.after(() => stores.close());
-  await stores.ready();
-  return stores;
-}
 
-const redis = hasTool('redis-server') ? await startRedis(null) : null;
-if (!redis) {
-  test('redis shadow store', (t) => void requireTool(t, 'redis-server'));
-} else {
-  const shared = await connect(redis.url, 'unused:');
-  after(async () => {
-    await shared.close();
-    await redis.dispose();
-  });
+const env = await redisForFile('redis shadow store');
+if (env) {
+  const { redis, shared } = env;
   let n = 0;
   shadowStoreContract('redis', async () => new RedisShadowStore(shared.client, new RedisKeys(`t${++n}:`)));
 

@@ -5,31 +5,16 @@
  */
 import { after, describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pino } from 'pino';
-import { createRedisStores, RedisKeys, RedisTelemetryStore, type RedisStores } from '../../src/stores/redis/index.js';
-import { startRedis } from '../helpers/redis.js';
-import { hasTool, requireTool } from '../helpers/tools.js';
+import { RedisKeys, RedisTelemetryStore } from '../../src/stores/redis/index.js';
+import { connect, redisForFile } from './redis-harness.js';
 import { record, telemetryStoreContract } from './telemetry-store.js';
 
-const silent = pino({ level: 'silent' });
 const retention = { retentionCount: 100, retentionMs: 3_600_000 };
 
-async function connect(url: string, keyPrefix: string, t?: { after: (fn: () => Promise<void>) => void }): Promise<RedisStores> {
-  const stores = createRedisStores(url, { historyMax: 100, telemetry: retention, keyPrefix, log: silent });
-  if (t) t.after(() => stores.close());
-  await stores.ready();
-  return stores;
-}
 
-const redis = hasTool('redis-server') ? await startRedis(null) : null;
-if (!redis) {
-  test('redis telemetry store', (t) => void requireTool(t, 'redis-server'));
-} else {
-  const shared = await connect(redis.url, 'unused:');
-  after(async () => {
-    await shared.close();
-    await redis.dispose();
-  });
+const env = await redisForFile('redis telemetry store');
+if (env) {
+  const { redis, shared } = env;
   let n = 0;
   telemetryStoreContract('redis', async (r) => new RedisTelemetryStore(shared.client, new RedisKeys(`t${++n}:`), r));
 
