@@ -6,6 +6,7 @@ import { loadConfig, ConfigError } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createLogger } from './log.js';
 import { buildGateway, type Gateway } from './gateway.js';
+import { reloadRoutesFromConfig } from './routes/reload.js';
 
 export async function runGateway(configFile: string | undefined): Promise<void> {
   let config: Config;
@@ -49,6 +50,10 @@ export async function runGateway(configFile: string | undefined): Promise<void> 
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // SIGHUP reloads the API gateway routes (docs/routes.md); before the gateway exists it is ignored.
+  process.on('SIGHUP', () => {
+    if (gateway && !signalled) reloadRoutesFromConfig(gateway.config, gateway.routes, configFile, log);
+  });
 
   try {
     starting = (async () => {

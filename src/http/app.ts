@@ -25,6 +25,9 @@ import type { CommandService } from '../core/command-service.js';
 import type { FirmwareService } from '../core/firmware.js';
 import type { ShadowService } from '../core/shadow-service.js';
 import { telemetryRoutes, type TelemetryRoutesOptions } from './routes/v1/telemetry.js';
+import { routeListRoutes } from './routes/v1/routes.js';
+import { proxyPlugin } from './proxy/plugin.js';
+import type { RouteService } from '../routes/service.js';
 
 export interface HttpAppDeps {
   log: Logger;
@@ -42,6 +45,8 @@ export interface HttpAppDeps {
   commands?: CommandService;
   events?: EventRoutesOptions;
   upstreams?: UpstreamRoutesOptions['upstreams'];
+  /** API gateway routes (contract §11): GET /v1/routes and the proxy behind every configured prefix. */
+  routes?: RouteService;
   metrics: Registry;
   readiness: ReadinessProbe;
 }
@@ -79,5 +84,9 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
   if (deps.commands) await app.register(commandRoutes, { devices: deps.devices, commands: deps.commands });
   if (deps.events) await app.register(eventRoutes, deps.events);
   if (deps.upstreams) await app.register(upstreamRoutes, { upstreams: deps.upstreams });
+  if (deps.routes) {
+    await app.register(routeListRoutes, { routes: deps.routes });
+    await app.register(proxyPlugin, { service: deps.routes, authenticateDevice: deps.authenticateDevice, limitService: deps.limitService });
+  }
   return app;
 }

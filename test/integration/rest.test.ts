@@ -193,6 +193,7 @@ describe('REST facade', { skip: !hasTool('openssl') && 'openssl is not installed
     const routes: { method: string; path: string; scope: string; body?: unknown; stream?: boolean }[] = [
       { method: 'GET', path: '/v1/events', scope: 'telemetry:read', stream: true },
       { method: 'GET', path: '/v1/upstreams', scope: 'admin' },
+      { method: 'GET', path: '/v1/routes', scope: 'admin' },
       { method: 'POST', path: '/v1/register', scope: 'provision', body: { id: 'authz-1', csr: 'x' } },
       { method: 'GET', path: '/v1/devices', scope: 'devices:read' },
       { method: 'GET', path: '/v1/devices/authz-1', scope: 'devices:read' },
