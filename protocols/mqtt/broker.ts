@@ -4,7 +4,7 @@
  * file wires them, follows sessions for presence, and closes revoked devices' sessions.
  */
 import type { Duplex } from 'node:stream';
-import { Aedes, type Client } from 'aedes';
+import { Aedes, type Client, type PublishPacket } from 'aedes';
 import { Gauge } from 'prom-client';
 import type { DeviceProtocol } from '../../src/core/model.js';
 import type { DisconnectReason } from '../../src/core/events.js';
@@ -12,10 +12,11 @@ import { createCounters, type EdgeContext } from './context.js';
 import { guardStream } from './guard.js';
 import { createAuthenticate } from './hooks/authenticate.js';
 import { createAuthorizeForward } from './hooks/authorize-forward.js';
-import { createAuthorizePublish } from './hooks/authorize-publish.js';
+import { createAuthorizePublish, DROPPED_TOPIC } from './hooks/authorize-publish.js';
 import { createAuthorizeSubscribe } from './hooks/authorize-subscribe.js';
 import { createPreConnect, type ConnectFacts } from './hooks/pre-connect.js';
-import { boundedMemoryPersistence } from './offline-queue.js';
+import { memoryBrokerState, type BrokerState, type BrokerStateFactory } from './backend.js';
+import { hardenEmitter, memoryEmitter } from './emitter.js';
 import { publishStatus } from './reports.js';
 import { SessionTable } from './sessions.js';
 import { attachShadowBridge } from './shadow.js';
@@ -33,7 +34,27 @@ export interface MqttBroker {
 
 const SOCKET_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED']);
 
-export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> {
+type AuthorizePublish = (client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void) => void;
+
+/** Runs the state's pre-ack stage (backend.ts) for an authorized QoS 1 publish that goes on. */
+function withBeforeAck(authorize: AuthorizePublish, store: BrokerState): AuthorizePublish {
+  const beforeAck = store.beforeAck?.bind(store);
+  if (!beforeAck) return authorize;
+  return (client, packet, callback) =>
+    authorize(client, packet, (err) => {
+      if (err || packet.qos !== 1 || packet.topic === DROPPED_TOPIC) return callback(err);
+      beforeAck(packet).then(
+        () => callback(null),
+        (e: unknown) => callback(e instanceof Error ? e : new Error(String(e))),
+      );
+    });
+}
+
+/**
+ * `state`: where sessions, queued messages, retained messages and wills live, and how publishes
+ * reach other gateways (backend.ts: in memory by default, redis.ts to share one Redis).
+ */
+export async function createMqttBroker(deps: MqttEdgeDeps, state: BrokerStateFactory = memoryBrokerState): Promise<MqttBroker> {
   const sessions = new SessionTable();
   const facts = new WeakMap<Client, ConnectFacts>();
   const ctx = { deps, sessions, ...createCounters(deps) } as EdgeContext;
@@ -43,39 +64,69 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
   for (const l of ['mqtt', 'mqtts', 'mqtt-ws']) connections.set({ listener: l }, 0);
 
   let aedesRef: Aedes | null = null;
-  const offline = boundedMemoryPersistence(
-    settings.offlineQueueMax,
+  const store = await state({
+    log,
+    offlineQueueMax: settings.offlineQueueMax,
     // aedes keeps live clients in `clients` (not in its typings).
-    (clientId) => aedesRef !== null && clientId in (aedesRef as unknown as { clients: Record<string, unknown> }).clients,
-    (clientId) => {
+    isLocal: (clientId) => aedesRef !== null && clientId in (aedesRef as unknown as { clients: Record<string, unknown> }).clients,
+    onDrop: (clientId) => {
       ctx.rejections.inc({ reason: 'offline_queue_full' });
       log.debug({ clientId }, 'offline queue full: message dropped');
     },
-  );
-
-  const aedes = await Aedes.createBroker({
-    persistence: offline.persistence,
-    connectTimeout: settings.connectTimeoutMs,
-    // Keepalive bounds are checked in authenticate: aedes' own check answers with CONNACK 6,
-    // which MQTT 3.1.1 does not define.
-    keepaliveLimit: 0,
-    maxInflightInbound: settings.maxInflightQos2,
-    drainTimeout: settings.drainTimeoutMs,
-    // aedes' ceiling (its topic tree breaks past 100 levels); our hooks refuse deeper than
-    // settings.maxTopicLevels the MQTT way (SUBACK 0x80 / dropped publish + errors topic).
-    maxTopicLevels: 100,
-    maxClientsIdLength: 128,
-    heartbeatInterval: 60_000,
-    preConnect: createPreConnect(facts),
-    authenticate: createAuthenticate(ctx, facts),
-    authorizePublish: createAuthorizePublish(ctx),
-    authorizeSubscribe: createAuthorizeSubscribe(ctx),
-    authorizeForward: createAuthorizeForward(ctx),
   });
-  aedesRef = aedes;
+  const persistence = store.persistence;
+  // aedes' publish queue, shared (Redis) or in-process, without its recursion and O(n) shift.
+  const mq = hardenEmitter(store.mq ?? memoryEmitter());
+
+  // Several gateways on one Redis: when a client id connects on another broker, aedes closes the
+  // local client with that id ($SYS/<broker>/new/clients over the shared emitter), and with no
+  // subscriptions to drop that close reaches clientDisconnect synchronously. This handler is on the
+  // emitter before aedes' own, so the client is marked first: presence then knows the device
+  // moved and does not announce it offline.
+  mq.on('$SYS/+/new/clients', (packet, done) => {
+    if (aedesRef !== null && packet.topic.split('/')[1] !== aedesRef.id) {
+      const client = sessions.deviceClient(packet.payload.toString('utf8'));
+      if (client) sessions.markReason(client, 'moved');
+    }
+    done();
+  });
+
+  let aedes: Aedes;
+  try {
+    aedes = await Aedes.createBroker({
+      ...(store.brokerId !== undefined && { id: store.brokerId }),
+      persistence,
+      mq,
+      connectTimeout: settings.connectTimeoutMs,
+      // Keepalive bounds are checked in authenticate: aedes' own check answers with CONNACK 6,
+      // which MQTT 3.1.1 does not define.
+      keepaliveLimit: 0,
+      maxInflightInbound: settings.maxInflightQos2,
+      drainTimeout: settings.drainTimeoutMs,
+      // aedes' ceiling (its topic tree breaks past 100 levels); our hooks refuse deeper than
+      // settings.maxTopicLevels the MQTT way (SUBACK 0x80 / dropped publish + errors topic).
+      maxTopicLevels: 100,
+      maxClientsIdLength: 128,
+      heartbeatInterval: 60_000,
+      preConnect: createPreConnect(facts),
+      authenticate: createAuthenticate(ctx, facts),
+      authorizePublish: withBeforeAck(createAuthorizePublish(ctx), store),
+      authorizeSubscribe: createAuthorizeSubscribe(ctx),
+      authorizeForward: createAuthorizeForward(ctx),
+    });
+    aedesRef = aedes;
+    // A persistence or emitter failure (Redis unreachable) is reported here; unheard, an
+    // EventEmitter 'error' would end the process.
+    (aedes as unknown as NodeJS.EventEmitter).on('error', (err: Error) => log.error({ err }, 'mqtt broker error'));
+    await store.attach(aedes);
+  } catch (err) {
+    if (aedesRef) await new Promise<void>((resolve) => aedesRef?.close(() => resolve()));
+    await store.close().catch(() => undefined);
+    throw err;
+  }
   ctx.aedes = aedes;
   ctx.isQos2Retransmission = (client, packet) =>
-    offline.persistence.incomingGetPacket(client, packet).then(
+    persistence.incomingGetPacket(client, packet).then(
       () => true,
       () => false,
     );
@@ -84,7 +135,6 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
 
   aedes.on('clientReady', (client) => {
     const sessionId = sessions.ready(client);
-    offline.reset(client.id);
     const protocol = sessions.connection(client)?.protocol ?? 'mqtt';
     connections.inc({ listener: protocol });
     const p = sessions.principal(client);
@@ -123,7 +173,7 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
   });
 
   // After the clientReady listener above: a restored session's device is in the session table.
-  const commandBridge = attachCommandBridge({ aedes, sessions, persistence: offline.persistence, commands: deps.commands });
+  const commandBridge = attachCommandBridge({ aedes, sessions, persistence, commands: deps.commands });
   ctx.isCommandReplay = commandBridge.isReplay;
 
   const onStatus = (event: { deviceId: string; online: boolean; reason: string; at: number; version: number }) => {
@@ -153,7 +203,9 @@ export async function createMqttBroker(deps: MqttEdgeDeps): Promise<MqttBroker> 
       deps.bus.off('device.disconnected', onStatus);
       detachShadows();
       commandBridge.detach();
+      store.beforeClose(aedes);
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
+      await store.close();
     },
   };
 }

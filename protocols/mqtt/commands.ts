@@ -53,6 +53,8 @@ interface ClientCommands {
 const RESPONSE = /^commands\/([^/]+)\/response$/;
 const COMMAND = /^commands\/[^/]+$/;
 const noop = () => undefined;
+/** Marks the packets this bridge publishes (aedes ids never end like this: they are UUIDs). */
+const BRIDGE_SUFFIX = ':commands';
 
 export const commandTopic = (deviceId: string, commandId: string): string => `${DEVICES_PREFIX}${deviceId}/commands/${commandId}`;
 
@@ -80,7 +82,7 @@ export function attachCommandBridge(opts: {
   const { aedes, sessions, persistence, commands } = opts;
   const state = new WeakMap<Client, ClientCommands>();
   const live = new WeakSet<object>();
-  const brokerId = `${aedes.id}:commands`;
+  const brokerId = `${aedes.id}${BRIDGE_SUFFIX}`;
   let counter = 0;
 
   const deviceOf = (client: Client): string | null => {
@@ -177,7 +179,9 @@ export function attachCommandBridge(opts: {
   aedes.on('unsubscribe', onUnsubscribe);
   aedes.on('clientReady', onReady);
   return {
-    isReplay: (packet) => packet.brokerId === brokerId && !live.has(packet),
+    // Any command bridge's copy, not only this one's: with a shared persistence (Redis) the copy
+    // may come from another gateway or from this gateway before a restart (another aedes id).
+    isReplay: (packet) => packet.brokerId?.endsWith(BRIDGE_SUFFIX) === true && !live.has(packet),
     detach() {
       detachTransport();
       aedes.off('subscribe', onSubscribe);

@@ -3,6 +3,7 @@ import type { Server as HttpServer } from 'node:http';
 import type { Server } from 'node:net';
 import { createMqttBroker, type MqttBroker } from './broker.js';
 import { attachMqttWebSocket, listenMqttTcp, listenMqttTls, type TlsMaterial } from './listeners.js';
+import type { BrokerStateFactory } from './backend.js';
 import type { MqttEdgeDeps } from './types.js';
 
 export interface MqttEdgeOptions {
@@ -11,6 +12,12 @@ export interface MqttEdgeOptions {
   mqtts: { port: number; maxConnections: number };
   websocket: { server: HttpServer; path: string; maxConnections: number };
   tls: TlsMaterial;
+  /**
+   * Where sessions, queued and retained messages and wills live, and how publishes reach other
+   * gateways: default in this process; `redisBrokerState({ url })` (redis.ts) to share one Redis.
+   * Opened with the broker, closed by close().
+   */
+  brokerState?: BrokerStateFactory;
 }
 
 export interface MqttEdge {
@@ -25,7 +32,7 @@ export interface MqttEdge {
 const closeServer = (server: Server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()));
 
 export async function startMqttEdge(deps: MqttEdgeDeps, opts: MqttEdgeOptions): Promise<MqttEdge> {
-  const broker = await createMqttBroker(deps);
+  const broker = await createMqttBroker(deps, opts.brokerState);
   const tcp = await listenMqttTcp(broker, { host: opts.host, ...opts.mqtt });
   const tls = await listenMqttTls(broker, { host: opts.host, ...opts.mqtts }, opts.tls, deps.log);
   const ws = attachMqttWebSocket(broker, opts.websocket.server, {

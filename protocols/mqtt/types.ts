@@ -3,7 +3,7 @@ import type { Registry } from 'prom-client';
 import type { CredentialIndex } from '../../src/core/credentials.js';
 import type { EventBus } from '../../src/core/events.js';
 import type { PresenceService } from '../../src/core/presence.js';
-import type { RateLimiter } from '../../src/core/rate-limit.js';
+import type { Limiter } from '../../src/core/rate-limit.js';
 import type { DeviceProtocol } from '../../src/core/model.js';
 import type { IngestOutcome } from '../../src/core/telemetry.js';
 import type { ShadowService } from '../../src/core/shadow-service.js';
@@ -36,7 +36,7 @@ export interface MqttEdgeDeps {
   bus: EventBus;
   metrics: Registry;
   /** Per-device limits: messages and payload bytes. */
-  rateLimits: { messages: RateLimiter; bytes: RateLimiter };
+  rateLimits: { messages: Limiter; bytes: Limiter };
   /** Verifies a presented client certificate (DER) against the CA with node:crypto. */
   verifyDeviceCertificate(der: Buffer): CertificateCheck;
   shadows: ShadowService;
