@@ -15,8 +15,11 @@ import { DeviceService } from './core/devices.js';
 import { EventBus } from './core/events.js';
 import { EventHub } from './core/event-hub.js';
 import { WebhookDispatcher } from './upstream/webhooks.js';
+import { RedisEventStream } from './upstream/redis-stream.js';
 import { PresenceService } from './core/presence.js';
-import { RateLimiter } from './core/rate-limit.js';
+import { RateLimiter, type Limiter, type RateRule } from './core/rate-limit.js';
+import { createRedisStores } from './stores/redis/index.js';
+import { ClusterLink } from './cluster/link.js';
 import type { CommandStore, DeviceRegistry, ShadowStore, TelemetryStore } from './core/ports.js';
 import { CommandService } from './core/command-service.js';
 import { MemoryCommandStore } from './stores/memory/commands.js';
@@ -29,8 +32,10 @@ import { telemetryCounters } from './telemetry-metrics.js';
 import { MemoryDeviceRegistry } from './stores/memory/registry.js';
 import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions, CA_FILES } from './pki/index.js';
 import { buildHttpApp } from './http/app.js';
+import { RouteService } from './routes/service.js';
 import type { ComponentStatus } from './http/routes/health.js';
 import { startMqttEdge, type MqttEdge } from '../protocols/mqtt/edge.js';
+import { redisBrokerState } from '../protocols/mqtt/redis.js';
 import { startCoapEdge, type CoapEdge } from '../protocols/coap/server.js';
 import { startCoapsEdge, type CoapsEdge } from '../protocols/coap/dtls.js';
 
@@ -60,6 +65,8 @@ export interface Gateway {
   readonly credentials: CredentialIndex;
   readonly http: FastifyInstance;
   readonly metrics: Registry;
+  /** API gateway routes (contract §11); `routes.reload(config.routes)` swaps them (SIGHUP). */
+  readonly routes: RouteService;
   /** Binds every listener and writes the ready line; resolves the bound ports. */
   start(): Promise<Addresses>;
   /** Graceful stop: stops accepting, closes sessions, flushes. Idempotent. */
@@ -85,18 +92,21 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   const ca = new PkiAuthority(material, { deviceCertDays: config.certs.deviceCertDays });
   const ledger = new FileCredentialLedger(certsDir, material);
 
-  if (config.redis.url !== undefined) {
-    log.warn('redis.url is set but the Redis store is not built yet; state stays in memory');
-  }
-  const registry = deps.registry ?? new MemoryDeviceRegistry();
+  // Contract §1: with redis.url every piece of state lives in Redis, shared by every gateway on it.
+  const redis =
+    config.redis.url === undefined
+      ? null
+      : createRedisStores(config.redis.url, { historyMax: config.commands.historyMax, telemetry: config.telemetry, log: log.child({ module: 'redis' }) });
+  const limiter = (rule: RateRule): Limiter => (redis ? redis.rateLimiter(rule) : new RateLimiter(rule));
+  const registry = deps.registry ?? redis?.registry ?? new MemoryDeviceRegistry();
   const bus = new EventBus();
   // Before anything can emit: every bus event becomes a CloudEvent once, for SSE and webhooks.
   const events = new EventHub(bus, { bufferSize: config.events.bufferSize, log: log.child({ module: 'events' }) });
   const presence = new PresenceService(registry, bus, log.child({ module: 'presence' }));
   const rateLimits = {
-    messages: new RateLimiter({ unit: 'messages', windows: config.limits.deviceMessages }),
-    bytes: new RateLimiter({ unit: 'bytes', windows: config.limits.deviceBytes }),
-    services: new RateLimiter({ unit: 'requests', windows: config.limits.serviceRequests }),
+    messages: limiter({ unit: 'messages', windows: config.limits.deviceMessages }),
+    bytes: limiter({ unit: 'bytes', windows: config.limits.deviceBytes }),
+    services: limiter({ unit: 'requests', windows: config.limits.serviceRequests }),
   };
   const credentials = new CredentialIndex(ca, ledger);
   const schemasDir = config.schemas.dir || BUNDLED_SCHEMAS_DIR;
@@ -113,8 +123,14 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
 
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
+  const routes = new RouteService({ routes: config.routes, redisUrl: config.redis.url, log: log.child({ module: 'routes' }), registry: metrics });
   const webhooks = new WebhookDispatcher({ hub: events, upstreams: config.upstreams, log: log.child({ module: 'webhooks' }), metrics });
-  const telemetryStore = deps.telemetryStore ?? new MemoryTelemetryStore(config.telemetry);
+  // Contract §9: with Redis, every event also goes to the stream `iotgate:events`.
+  const eventStream =
+    config.redis.url === undefined
+      ? null
+      : new RedisEventStream({ hub: events, url: config.redis.url, maxLen: config.events.streamMaxLen, log: log.child({ module: 'event-stream' }), metrics });
+  const telemetryStore = deps.telemetryStore ?? redis?.telemetry ?? new MemoryTelemetryStore(config.telemetry);
   const telemetry = new TelemetryService({
     decoderFor: (type) => schemas.get(type),
     store: telemetryStore,
@@ -126,7 +142,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     const record = credentials.get(deviceId);
     return record && record.revokedAt === null ? record.type : undefined;
   };
-  const shadowStore = deps.shadowStore ?? new MemoryShadowStore();
+  const shadowStore = deps.shadowStore ?? redis?.shadows ?? new MemoryShadowStore();
   const shadows = new ShadowService({
     store: shadowStore,
     bus,
@@ -134,7 +150,11 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     log: log.child({ module: 'shadows' }),
   });
   const firmware = new FirmwareService({ shadows, bus, registry, log: log.child({ module: 'firmware' }) });
-  const commandStore = deps.commandStore ?? new MemoryCommandStore({ historyMax: config.commands.historyMax });
+  const commandStore = deps.commandStore ?? redis?.commands ?? new MemoryCommandStore({ historyMax: config.commands.historyMax });
+  // Several gateways on one Redis: commands created on one are delivered by the one holding the
+  // device, answers wake the requests waiting elsewhere, shadow changes reach every CoAP observer.
+  const cluster = redis ? new ClusterLink({ publisher: redis.client, subscriber: redis.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null }), bus, log: log.child({ module: 'cluster' }) }) : null;
+  cluster?.remote.on('command.updated', (record) => commands.remoteUpdate(record));
   const commands = new CommandService({
     store: commandStore,
     bus,
@@ -203,10 +223,15 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     commands,
     events: { hub: events, heartbeatMs: config.events.heartbeatMs, maxLagEvents: config.events.sseMaxLagEvents },
     upstreams: webhooks,
+    routes,
     metrics,
     readiness: async () => ({
       pki: { status: 'ok' },
-      store: { status: 'ok', detail: 'memory' },
+      store: redis
+        ? redis.isReady()
+          ? { status: 'ok', detail: 'redis' }
+          : { status: 'failing', detail: `redis ${redis.status}` }
+        : { status: 'ok', detail: 'memory' },
       credentials: listenerStatus(state === 'running'),
       mqtt: listenerStatus(mqtt?.listening().mqtt === true),
       mqtts: listenerStatus(mqtt?.listening().mqtts === true),
@@ -242,6 +267,11 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   async function start(): Promise<Addresses> {
     if (state !== 'built') throw new Error(`gateway cannot start: it is ${state}`);
     state = 'starting';
+    if (redis) {
+      // The state is there: nothing is served before Redis answers (it reconnects by itself later).
+      await redis.ready();
+      await cluster?.start();
+    }
     credentials.start(config.certs.syncIntervalMs);
     await credentials.ready;
     await commands.start();
@@ -279,6 +309,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
         mqtts: config.mqtts,
         websocket: { server: http.server, path: '/mqtt', maxConnections: config.http.mqttWsMaxConnections },
         tls: { key: material.serverKeyPem, cert: material.serverCertPem, ca: material.caCertPem, crl: crlPem },
+        // Sessions, queued and retained messages and wills in Redis, shared by every gateway.
+        ...(config.redis.url !== undefined && { brokerState: redisBrokerState({ url: config.redis.url }) }),
       },
     );
     coap = await startCoapEdge(
@@ -286,6 +318,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
         log: log.child({ module: 'coap' }),
         metrics,
         bus,
+        ...(cluster && { remoteBus: cluster.remote }),
         credentials,
         presence,
         shadows,
@@ -353,10 +386,12 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       // Stop accepting first, then close sessions and in-flight HTTP requests.
       await mqtt?.close();
       await Promise.all([closeHttp(), coap?.close()]);
+      await routes.close();
       // After the CoAP edge: its final Observe notifications (5.03) still go out over DTLS.
       await coaps?.close();
       firmware.close();
       await webhooks.close();
+      await eventStream?.close();
       events.close();
       await presence.close();
       await telemetryStore.close();
@@ -367,6 +402,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       rateLimits.bytes.close();
       rateLimits.services.close();
       await registry.close();
+      await cluster?.close();
+      await redis?.close();
       state = 'stopped';
       if (wasRunning) log.info('iotgate stopped');
       await new Promise<void>((resolve) => log.flush(() => resolve()));
@@ -387,6 +424,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     credentials,
     http,
     metrics,
+    routes,
     start,
     stop,
     addresses() {

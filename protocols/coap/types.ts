@@ -5,7 +5,7 @@ import type { CredentialIndex } from '../../src/core/credentials.js';
 import type { CommandService } from '../../src/core/command-service.js';
 import type { EventBus } from '../../src/core/events.js';
 import type { PresenceService } from '../../src/core/presence.js';
-import type { RateLimiter } from '../../src/core/rate-limit.js';
+import type { Limiter } from '../../src/core/rate-limit.js';
 import type { ShadowService } from '../../src/core/shadow-service.js';
 import type { DeviceProtocol } from '../../src/core/model.js';
 import type { IngestOutcome } from '../../src/core/telemetry.js';
@@ -21,7 +21,7 @@ export interface CoapEdgeDeps {
   presence: PresenceService;
   shadows: ShadowService;
   commands: CommandService;
-  rateLimits: { messages: RateLimiter; bytes: RateLimiter };
+  rateLimits: { messages: Limiter; bytes: Limiter };
   ingestTelemetry(input: { deviceId: string; protocol: DeviceProtocol; payload: Buffer; contentType?: 'json' | 'protobuf' }): IngestOutcome | Promise<IngestOutcome>;
   settings: {
     presenceWindowMs: number;

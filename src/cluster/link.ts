@@ -60,8 +60,15 @@ export class ClusterLink {
     const onMessage = (channel: string, message: string) => {
       if (channel === this.channel) this.receive(message);
     };
+    // Connection errors while Redis is away: ioredis reconnects and re-subscribes by itself;
+    // readiness reports the outage (the stores' client), so a debug line is enough here.
+    const onError = (err: Error) => this.deps.log.debug({ err: err.message }, 'cluster subscriber: redis connection error');
     deps.subscriber.on('message', onMessage);
-    this.detach.push(() => deps.subscriber.off('message', onMessage));
+    deps.subscriber.on('error', onError);
+    this.detach.push(
+      () => deps.subscriber.off('message', onMessage),
+      () => deps.subscriber.off('error', onError),
+    );
   }
 
   /** Subscribes; resolves once Redis confirmed (ioredis re-subscribes by itself after a reconnect). */

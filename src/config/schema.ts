@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { HEADER_NAME, HEADER_VALUE, RESERVED_HEADERS } from '../upstream/delivery.js';
 import { CLOUD_EVENT_TYPES } from '../core/cloudevents.js';
+import { routesSchema } from './routes.js';
 
 const portError = { error: 'expected an integer from 0 to 65535 (0 = any free port)' };
 const port = z.coerce.number(portError).int(portError).min(0, portError).max(65535, portError);
@@ -197,9 +198,16 @@ export const configSchema = z
         heartbeatMs: positiveInt.min(10).max(300_000).default(15_000),
         /** An SSE client that falls this many events behind (socket not draining) is disconnected. */
         sseMaxLagEvents: positiveInt.max(1_000_000).default(1000),
+        /**
+         * Approximate length the Redis Stream `iotgate:events` is trimmed to (`XADD ... MAXLEN ~`);
+         * used when `redis.url` is set.
+         */
+        streamMaxLen: positiveInt.max(100_000_000).default(100_000),
       })
       .prefault({}),
     upstreams,
+    /** API gateway routes to upstream microservices (contract §11, docs/routes.md). */
+    routes: routesSchema,
     shutdown: z
       .strictObject({
         /** Hard deadline for a graceful stop (contract: exit within 10 s). */

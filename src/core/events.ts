@@ -17,7 +17,9 @@ export type DisconnectReason =
   | 'revoked'
   | 'shutdown'
   /** CoAP: no request and no Observe registration within coap.presenceWindowMs. */
-  | 'inactive';
+  | 'inactive'
+  /** The same client id connected to another gateway on the same Redis (no offline event here). */
+  | 'moved';
 
 /** The retained `devices/{id}/status` document (contract §4). */
 export interface DeviceStatus {

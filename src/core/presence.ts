@@ -61,6 +61,9 @@ export class PresenceService {
     if (!set?.delete(sessionId)) return Promise.resolve(null);
     if (set.size > 0) return Promise.resolve(null);
     this.sessions.delete(deviceId);
+    // The device connected to another gateway (several on one Redis), which announced it online
+    // (or is about to): going offline here would make the status flap.
+    if (reason === 'moved') return Promise.resolve(null);
     return this.inOrder(deviceId, async () => {
       // A session that started meanwhile (a takeover's new connection) wins.
       if (this.isOnline(deviceId)) return null;

@@ -34,6 +34,16 @@ async function setup(t: TestContext, ids: string[] = ['dev-1']) {
 const versions = (events: Event[]) => events.map((e) => e.version);
 
 describe('PresenceService', () => {
+  it('a session that ends because the device moved to another gateway (moved) emits nothing and leaves the record online', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    await presence.connected('dev-1', 'mqtt', 's1');
+    const off = await presence.disconnected('dev-1', 'mqtt', 's1', 'moved');
+    assert.equal(off, null);
+    assert.equal(presence.isOnline('dev-1'), false, 'no session here any more');
+    assert.deepEqual(events.map((e) => e.online), [true], 'no offline event');
+    assert.equal((await registry.get('dev-1'))?.online, true, 'the other gateway owns the status');
+  });
+
   it('connect and disconnect update the registry, emit events and bump the version each time', async (t) => {
     const { registry, events, presence } = await setup(t);
     const before = Date.now();

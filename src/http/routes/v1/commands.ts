@@ -74,7 +74,9 @@ export const commandRoutes: FastifyPluginAsyncZod<{ devices: DeviceService; comm
     if (outcome.outcome === 'shutdown') {
       return sendWithRecord(reply, request, 'unavailable', 'the gateway is shutting down before the device answered', current);
     }
-    if (outcome.outcome === 'timeout') {
+    // A timeout whose record finished meanwhile (an answer event missed, e.g. from another
+    // gateway while the cluster channel reconnected) is answered like a finished wait.
+    if (outcome.outcome === 'timeout' && (current.state === 'queued' || current.state === 'sent' || current.state === 'delivered')) {
       return sendWithRecord(reply, request, 'command_timeout', `the device did not answer within ${timeoutMs} ms; the command stays deliverable until expiresAt`, current);
     }
     switch (current.state) {
