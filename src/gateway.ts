@@ -284,6 +284,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     mqtt = await startMqttEdge(
       {
         log: mqttLog,
+        ...(redis && { available: () => redis.isReady() }),
         settings: { ...config.broker, maxPacketBytes: config.limits.mqttPacketBytes },
         credentials,
         presence,

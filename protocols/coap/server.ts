@@ -16,6 +16,7 @@ import { CoapActivity } from './activity.js';
 import { createGuard, transferKey } from './guard.js';
 import { CoapObservers } from './observers.js';
 import { replyError, setCode } from './reply.js';
+import { isGatewayError } from '../../src/core/errors.js';
 import { commandsResource } from './resources/commands.js';
 import { shadowResource } from './resources/shadow.js';
 import { telemetryResource } from './resources/telemetry.js';
@@ -172,6 +173,12 @@ export function mountCoapServer(ctx: CoapContext, socket: Socket, opts: MountOpt
     const resource = req.url.split('?')[0]?.split('/')[1] ?? '';
     res.once('finish', () => requests.inc({ resource, code: res.code || res.statusCode || '2.05' }));
     handle(req, res).catch((err: unknown) => {
+      // The store is unreachable (Redis down): 5.03 with Max-Age, the device retries later.
+      if (isGatewayError(err) && err.code === 'unavailable') {
+        log.warn({ resource, err: err.message }, 'coap request refused: store unavailable');
+        if (!res.writableEnded) replyError(res, '5.03', 'service unavailable; retry later', 5);
+        return;
+      }
       log.error({ err, resource }, 'coap request failed');
       if (!res.writableEnded) replyError(res, '5.00', 'internal error');
     });

@@ -16,7 +16,9 @@ export type RejectionReason =
   | 'telemetry_rejected'
   | 'command_response_rejected'
   | 'protocol_error'
-  | 'offline_queue_full';
+  | 'offline_queue_full'
+  /** The store (Redis) is unreachable: CONNECT refused with 3 / server unavailable. */
+  | 'unavailable';
 
 export interface EdgeContext {
   deps: MqttEdgeDeps;

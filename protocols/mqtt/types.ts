@@ -30,6 +30,8 @@ export interface BrokerSettings {
 /** What the MQTT edge needs from the gateway. */
 export interface MqttEdgeDeps {
   log: Logger;
+  /** False while the shared store is unreachable: CONNECTs are refused at once (CONNACK 3). */
+  available?: () => boolean;
   settings: BrokerSettings;
   credentials: CredentialIndex;
   presence: PresenceService;

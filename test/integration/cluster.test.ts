@@ -11,12 +11,13 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Agent, request as coapRequest, type IncomingMessage } from 'coap';
 import { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
 import { startGatewayProcess, type GatewayProcess } from '../helpers/cli.js';
 import { loopbackEnv, type TestGateway } from '../helpers/gateway.js';
 import { call } from '../helpers/http.js';
-import { closeEvent, connect, deviceLogin, onTopic, openSession, registerDevice, subscribeGranted, withDeadline, type Device, type Inbox } from '../helpers/mqtt.js';
+import { assertRefused, closeEvent, connect, deviceLogin, onTopic, openSession, registerDevice, subscribeGranted, withDeadline, type Device, type Inbox } from '../helpers/mqtt.js';
 import { loadCaMaterial, signServiceToken } from '../../src/pki/index.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
@@ -60,6 +61,34 @@ async function token(scope: string): Promise<string> {
 
 /** registerDevice wants a TestGateway: the URL and a token signer are all it uses. */
 const asGateway = (node: Node) => ({ url: node.url, token: (scope: string) => token(scope) }) as unknown as TestGateway;
+
+/** One CoAP request (CON) with its own agent; the reply code and diagnostic. */
+function coapPost(node: Node, path: string, token: string, body: string): Promise<{ code: string; text: string }> {
+  const agent = new Agent({ type: 'udp4' });
+  const req = coapRequest({ hostname: '127.0.0.1', port: Number(node.proc.ready.coap), method: 'POST', pathname: path, query: `t=${token}`, confirmable: true, agent });
+  req.setOption('Content-Format', 50);
+  const reply = new Promise<{ code: string; text: string }>((resolve, reject) => {
+    req.on('response', (res: IncomingMessage) => resolve({ code: res.code, text: res.payload.toString('utf8') }));
+    req.on('error', reject);
+  });
+  req.end(Buffer.from(body));
+  return withDeadline(reply, 5000, `CoAP POST ${path}`);
+}
+
+/** Polls /readyz (every 50 ms, up to 10 s) until it answers `status`; resolves that answer. */
+function readyzBecomes(node: Node, status: number) {
+  return withDeadline(
+    (async () => {
+      for (;;) {
+        const res = await call(node.url, 'GET', '/readyz');
+        if (res.status === status) return res;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })(),
+    10_000,
+    `/readyz ${status}`,
+  );
+}
 
 let seq = 0;
 const uid = (p: string) => `${p}-${process.pid}-${++seq}`;
@@ -232,9 +261,10 @@ describe('two gateways on one Redis', () => {
   it('with Redis down /readyz is 503 and requests fail fast with 503; when it is back everything works without a restart', async (t) => {
     if (skipped) return t.skip('redis-server is not installed');
     const dev = await registerDevice(asGateway(a), uid('outage'));
+    const { client } = await openSession(teardown, a.mqtt, deviceLogin(dev));
     await redis!.stop();
-    const ready = await call(a.url, 'GET', '/readyz');
-    assert.equal(ready.status, 503);
+    // The gateway sees the connection close a moment after Redis exits.
+    const ready = await readyzBecomes(a, 503);
     assert.equal((ready.body as { components: { store: { status: string } } }).components.store.status, 'failing');
     const shadow = await rest(a, 'GET', `/v1/devices/${dev.id}/shadow`, 'shadow:read');
     assert.equal(shadow.status, 503, JSON.stringify(shadow.body));
@@ -244,15 +274,21 @@ describe('two gateways on one Redis', () => {
       body: JSON.stringify({ n: 1 }),
     });
     assert.equal(telemetry.status, 503);
+    // CoAP: 5.03 with Max-Age at once.
+    const coapReply = await coapPost(a, '/telemetry', dev.token, JSON.stringify({ n: 1 }));
+    assert.equal(coapReply.code, '5.03', coapReply.text);
+    assert.match(coapReply.text, /unavailable/);
+    // MQTT: a QoS 1 publish is not acknowledged, the connection is closed (the device retries
+    // later), and a new CONNECT is refused at once with 3 (server unavailable).
+    const gone = closeEvent(client);
+    let acked = false;
+    client.publish(`devices/${dev.id}/telemetry`, JSON.stringify({ n: 2 }), { qos: 1 }, (err) => (acked = !err));
+    await withDeadline(gone, 5000, 'the MQTT connection to close without a PUBACK');
+    assert.equal(acked, false, 'no PUBACK while the message could not be stored');
+    await assertRefused(a.mqtt, deviceLogin(dev), 'CONNECT while Redis is down', [3]);
     await redis!.start();
     // ioredis reconnects by itself (backoff ≤ 1 s): wait for readiness, then it all works again.
-    await withDeadline(
-      (async () => {
-        while ((await call(a.url, 'GET', '/readyz')).status !== 200) await new Promise((r) => setTimeout(r, 100));
-      })(),
-      10_000,
-      'readiness after Redis came back',
-    );
+    await readyzBecomes(a, 200);
     const patch = await rest(b, 'PATCH', `/v1/devices/${dev.id}/shadow`, 'shadow:write', { state: { desired: { back: true } } });
     assert.equal(patch.status, 200, JSON.stringify(patch.body));
     const read = await rest(a, 'GET', `/v1/devices/${dev.id}/shadow`, 'shadow:read');

@@ -18,6 +18,7 @@ import type { ConnectFacts } from './pre-connect.js';
 const IDENTIFIER_REJECTED = 2; // [MQTT-3.1.3-8]
 const BAD_USERNAME_OR_PASSWORD = 4;
 const NOT_AUTHORIZED = 5;
+const SERVER_UNAVAILABLE = 3;
 
 type Done = (error: AuthenticateError | null, success: boolean | null) => void;
 
@@ -82,6 +83,10 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
     const maxKeepalive = ctx.deps.settings.keepaliveMaxSeconds;
     if (fact && (fact.keepalive === 0 || fact.keepalive > maxKeepalive)) {
       return refuse(client, done, NOT_AUTHORIZED, 'keepalive_refused', `keepalive must be 1..${maxKeepalive} s, got ${fact.keepalive}`);
+    }
+    // Redis down: refuse now rather than let the session lookups wait for it.
+    if (ctx.deps.available?.() === false) {
+      return refuse(client, done, SERVER_UNAVAILABLE, 'unavailable', 'the gateway cannot reach its store; retry later');
     }
     void principalFor(client, username, password, done).then(
       (principal) => {
