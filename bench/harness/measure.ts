@@ -54,6 +54,8 @@ export interface Measured {
   crash: string | null;
   /** Repetitions in which the server crashed (see `alternate`). */
   crashes?: number;
+  /** CPU (% of one core) and peak RSS of a second process watched in the same window (the proxy's upstream). */
+  companion?: { cpuPct: number; peakRssMB: number };
 }
 
 /** The gateway (or baseline) configuration the iotgate target gets as IOTGATE_* keys. */
@@ -80,12 +82,14 @@ export interface TargetSpec {
   store?: 'memory' | 'redis';
   /** Device credentials the gateway must know. */
   records?: CredentialRecord[];
+  /** More IOTGATE_* keys for iotgate (e.g. IOTGATE_ROUTES). */
+  env?: Record<string, string>;
   keepSamples?: boolean;
 }
 
 /** Starts the target, runs `fn`, always stops it. */
 export async function withTarget<T>(ctx: BenchContext, spec: TargetSpec, fn: (t: Target) => Promise<T>): Promise<T> {
-  const env = spec.kind === 'iotgate' ? iotgateEnv(ctx, spec.store ?? 'memory') : undefined;
+  const env = spec.kind === 'iotgate' ? { ...iotgateEnv(ctx, spec.store ?? 'memory'), ...spec.env } : undefined;
   const profile = ctx.cpuProfDir !== undefined;
   const target = await Target.start(spec.kind, env, { keepSamples: spec.keepSamples === true, ...(profile && { cpuProfDir: ctx.cpuProfDir }) });
   if (profile) ctx.progress(`    CPU profile of ${spec.kind}: ${ctx.cpuProfDir}/CPU.*.${target.pid}.*.cpuprofile`);
@@ -124,16 +128,20 @@ export function toMeasured(load: LoadResult, w: { cpuPct: number; peakRssBytes: 
   };
 }
 
-/** Start the job, warm up, measure a window, stop the job. */
-export async function measure(ctx: BenchContext, target: Target, job: LoadJob, timing: Timing = ctx.timing): Promise<Measured> {
+/**
+ * Start the job, warm up, measure a window, stop the job. A `companion` process (the proxy's
+ * upstream) is watched in the same window and reported apart; `target` alone is the gateway.
+ */
+export async function measure(ctx: BenchContext, target: Target, job: LoadJob, timing: Timing = ctx.timing, companion?: Target): Promise<Measured> {
   const setup = await ctx.loadgen.start(job);
   let m: Measured;
   try {
     if (timing.warmupMs > 0) await sleep(timing.warmupMs);
-    await Promise.all([target.watch.begin(), ctx.loadgen.mark()]);
+    await Promise.all([target.watch.begin(), ctx.loadgen.mark(), companion?.watch.begin()]);
     await sleep(timing.measureMs);
-    const [load, w] = await Promise.all([ctx.loadgen.collect(), target.watch.end()]);
+    const [load, w, c] = await Promise.all([ctx.loadgen.collect(), target.watch.end(), companion?.watch.end()]);
     m = toMeasured(load, w, target, setup);
+    if (c) m.companion = { cpuPct: c.cpuPct, peakRssMB: c.peakRssBytes / 1048576 };
   } finally {
     await ctx.loadgen.stop();
   }

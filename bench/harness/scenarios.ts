@@ -1,8 +1,10 @@
 /**
  * The scenarios of the benchmark issue, in the order they run. Each measures iotgate and, where
- * the issue names one, its baseline in the same run, and judges the issue's target. Throughput and
- * round trips here; connections, overload and the soak in scenarios-load.ts.
+ * the issue names one, its baseline in the same run, and judges the issue's target. Throughput,
+ * round trips and the API-gateway proxy here; connections, overload and the soak in
+ * scenarios-load.ts.
  */
+import { signServiceToken } from '../../src/pki/index.js';
 import type { PayloadKind } from '../lib/payloads.js';
 import type { LoadJob } from '../loadgen/protocol.js';
 import { measure, withTarget, type Measured } from './measure.js';
@@ -155,6 +157,67 @@ const restRead: Scenario = {
   },
 };
 
+/** The proxy scenario's route prefix, and the paths GET in turn (the upstream sees /orders/<n>). */
+const PROXY_PREFIX = '/api/orders';
+const PROXY_PATHS = Array.from({ length: 100 }, (_, i) => `/${i}`);
+
+/**
+ * GET through an API-gateway route (contract §11) to a small upstream service on loopback, against
+ * the same upstream hit directly. The route is a `service` route (a backend caller with a service
+ * JWT carrying the route's scope, devices:read: the representative case of the contract's worked
+ * example) with the defaults otherwise: no cache, no rate limit, round robin over one upstream,
+ * 1 retry, 30 s timeout. The upstream runs in its own process; the gateway's CPU is its own.
+ */
+const proxy: Scenario = {
+  name: 'proxy',
+  unit: 'req/s',
+  target: '≥ 0.7× the upstream directly',
+  redis: true,
+  async run(ctx, head) {
+    // A caller with just the route's scope (not the run's admin token), as a backend service would be.
+    const { token } = signServiceToken(ctx.fleet.caMaterial, { sub: 'bench-orders-client', scope: 'devices:read', ttlSeconds: 3600 });
+    const job = (port: number, through: boolean): LoadJob => ({
+      kind: 'rest-read',
+      host: HOST,
+      port,
+      // The upstream trusts the gateway's identity headers and takes no credential of its own.
+      token: through ? token : null,
+      deviceIds: [],
+      paths: PROXY_PATHS.map((p) => (through ? PROXY_PREFIX : '/orders') + p),
+      connections: 8,
+      depth: 4,
+      seedShadows: false,
+    });
+    const [base, gw] = await withBaseline(
+      ctx,
+      'upstream',
+      () => {
+        ctx.progress('  upstream directly');
+        return withTarget(ctx, { kind: 'upstream' }, (t) => measure(ctx, t, job(t.ports.http ?? 0, false)));
+      },
+      () => {
+        ctx.progress(`  iotgate (${head.store}) → upstream, service route`);
+        return withTarget(ctx, { kind: 'upstream' }, (up) => {
+          const routes = [{ name: 'bench-orders', prefix: PROXY_PREFIX, upstreams: [`http://${HOST}:${up.ports.http ?? 0}/orders`], auth: 'service', scopes: ['devices:read'] }];
+          return withTarget(ctx, { kind: 'iotgate', store: storeOf(head), env: { IOTGATE_ROUTES: JSON.stringify(routes) } }, (t) => {
+            checkStore(t, storeOf(head));
+            return measure(ctx, t, job(t.ports.http ?? 0, true), ctx.timing, up);
+          });
+        });
+      },
+    );
+    const row = ratioRow(head, gw, base, 'the upstream directly (node:http, constant ~100-byte JSON)', {
+      connections: 8,
+      pipelined: 4,
+      auth: 'service',
+      cache: false,
+      ...(gw.companion && { upstreamCpuPct: round(gw.companion.cpuPct), upstreamRssMB: round(gw.companion.peakRssMB) }),
+    });
+    judged(row, (row.ratio ?? 0) >= 0.7);
+    return row;
+  },
+};
+
 const coapTelemetry: Scenario = {
   name: 'coap-telemetry',
   unit: 'req/s',
@@ -191,6 +254,7 @@ export const SCENARIOS: Scenario[] = [
   roundtrip('shadow-roundtrip', 's'),
   roundtrip('command-roundtrip', 'm'),
   restRead,
+  proxy,
   coapTelemetry,
   connections,
   overload,

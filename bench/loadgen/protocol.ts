@@ -31,13 +31,19 @@ export interface MqttFlowJob {
   rate?: number;
 }
 
-/** GET shadow and GET device in turn, closed loop over `connections` × `depth` pipelined requests. */
+/**
+ * GET shadow and GET device in turn (or the given `paths` in turn), closed loop over `connections`
+ * × `depth` pipelined requests.
+ */
 export interface RestReadJob {
   kind: 'rest-read';
   host: string;
   port: number;
-  token: string;
+  /** Sent as `Authorization: Bearer`; none when null (an unauthenticated upstream hit directly). */
+  token: string | null;
   deviceIds: string[];
+  /** GET these paths in turn instead of the device routes (the proxy scenario). */
+  paths?: string[];
   connections: number;
   depth: number;
   /** PATCH a desired state per device first (the GETs then find a shadow). */

@@ -1,4 +1,7 @@
-/** rest-read: GET shadow and GET device in turn, closed loop, keep-alive and pipelined. */
+/**
+ * rest-read: GET shadow and GET device in turn (or the job's `paths` in turn: the proxy scenario),
+ * closed loop, keep-alive and pipelined.
+ */
 import { encodeRequest, HttpPool } from '../lib/http-client.js';
 import { nowUs } from '../lib/payloads.js';
 import { Meter } from './meter.js';
@@ -16,7 +19,7 @@ export class RestRead implements Load {
   async start(): Promise<void> {
     const { job } = this;
     const host = `${job.host}:${job.port}`;
-    const auth = { authorization: `Bearer ${job.token}` };
+    const auth: Record<string, string> = job.token === null ? {} : { authorization: `Bearer ${job.token}` };
     this.pool = new HttpPool(job.host, job.port, job.connections, job.depth);
     await this.pool.open();
     if (job.seedShadows) {
@@ -31,10 +34,12 @@ export class RestRead implements Load {
         if (res.status !== 200) throw new Error(`seeding the shadow of ${id}: HTTP ${res.status} ${res.body.toString().slice(0, 200)}`);
       }
     }
-    this.requests = job.deviceIds.flatMap((id) => [
-      encodeRequest(host, { method: 'GET', path: `/v1/devices/${encodeURIComponent(id)}/shadow`, headers: auth }),
-      encodeRequest(host, { method: 'GET', path: `/v1/devices/${encodeURIComponent(id)}`, headers: auth }),
-    ]);
+    this.requests = job.paths
+      ? job.paths.map((path) => encodeRequest(host, { method: 'GET', path, headers: auth }))
+      : job.deviceIds.flatMap((id) => [
+          encodeRequest(host, { method: 'GET', path: `/v1/devices/${encodeURIComponent(id)}/shadow`, headers: auth }),
+          encodeRequest(host, { method: 'GET', path: `/v1/devices/${encodeURIComponent(id)}`, headers: auth }),
+        ]);
     this.running = true;
     for (let k = 0; k < job.connections * job.depth; k++) this.loop();
   }

@@ -3,6 +3,7 @@
  * these packages costs is measured against them.
  */
 import { createSocket } from 'node:dgram';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer as createTcpServer, type AddressInfo, type Server } from 'node:net';
 import { Aedes } from 'aedes';
 import { createServer as createCoapServer } from 'coap';
@@ -78,6 +79,34 @@ export async function startBareCoap(): Promise<RunningTarget> {
     stop: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
+      }),
+  };
+}
+
+/** The upstream's answer to every GET: a constant JSON document of about 100 bytes. */
+export const UPSTREAM_BODY = Buffer.from(
+  JSON.stringify({ id: 'order-0042', status: 'shipped', items: 3, total: 129.5, currency: 'EUR', updatedAt: 1795323017000 }),
+);
+
+/**
+ * The proxy scenario's upstream: a plain node:http server (keep-alive, Node's defaults) answering
+ * every request 200 with UPSTREAM_BODY. Its own process, so the gateway's CPU is measured alone.
+ */
+export async function startUpstream(): Promise<RunningTarget> {
+  const headers = { 'content-type': 'application/json', 'content-length': String(UPSTREAM_BODY.length) };
+  const server = createHttpServer((req, res) => {
+    req.resume();
+    res.writeHead(200, headers);
+    res.end(UPSTREAM_BODY);
+  });
+  await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+  return {
+    ports: { http: (server.address() as AddressInfo).port },
+    info: { server: 'node:http upstream' },
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
       }),
   };
 }

@@ -1,11 +1,12 @@
 /**
  * A server under test, in its own process so that its CPU and memory are its own: the baselines
- * (bare aedes, bare Fastify, bare coap: stock settings, no auth, no pipeline) or iotgate itself
- * (buildGateway with the configuration the harness passes). Driven over IPC by the harness.
+ * (bare aedes, bare Fastify, bare coap: stock settings, no auth, no pipeline), the proxy scenario's
+ * upstream service, or iotgate itself (buildGateway with the configuration the harness passes).
+ * Driven over IPC by the harness.
  */
 import { serveParent } from '../lib/ipc.js';
 import { selfStats } from '../lib/proc-stats.js';
-import { startBareAedes, startBareCoap, startBareFastify } from './baselines.js';
+import { startBareAedes, startBareCoap, startBareFastify, startUpstream } from './baselines.js';
 import { startIotgate } from './iotgate.js';
 import type { RunningTarget, TargetRequest, TargetResponse } from './protocol.js';
 
@@ -22,7 +23,9 @@ async function handle(req: TargetRequest): Promise<TargetResponse> {
             ? await startBareFastify()
             : req.kind === 'coap'
               ? await startBareCoap()
-              : await startIotgate(req.env ?? {});
+              : req.kind === 'upstream'
+                ? await startUpstream()
+                : await startIotgate(req.env ?? {});
       return { op: 'started', ports: running.ports, info: running.info };
     }
     case 'provision':

@@ -1,8 +1,12 @@
 /** What the harness and a target process say to each other. */
 import type { CredentialRecord } from '../../src/core/model.js';
 
-/** `aedes-nagle`: bare aedes without TCP_NODELAY on its sockets (Node's default), for comparison. */
-export type TargetKind = 'aedes' | 'aedes-nagle' | 'fastify' | 'coap' | 'iotgate';
+/**
+ * `aedes-nagle`: bare aedes without TCP_NODELAY on its sockets (Node's default), for comparison.
+ * `upstream`: a small HTTP service (node:http, a constant ~100-byte JSON body on every GET), the
+ * upstream of the proxy scenario's route and, hit directly, its baseline.
+ */
+export type TargetKind = 'aedes' | 'aedes-nagle' | 'fastify' | 'coap' | 'upstream' | 'iotgate';
 
 export interface TargetPorts {
   mqtt?: number;

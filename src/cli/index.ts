@@ -5,7 +5,7 @@ import { userMessage, type GlobalOptions } from './context.js';
 
 /** The scenario names of `iotgate bench` (bench/harness/scenarios.ts), for --help. */
 const SCENARIOS_HELP =
-  'mqtt-route-qos0, mqtt-route-qos1, telemetry-pipeline-qos1, telemetry-pipeline-qos1-protobuf, shadow-roundtrip, command-roundtrip, rest-read, coap-telemetry, connections, overload, soak-coap';
+  'mqtt-route-qos0, mqtt-route-qos1, telemetry-pipeline-qos1, telemetry-pipeline-qos1-protobuf, shadow-roundtrip, command-roundtrip, rest-read, proxy, coap-telemetry, connections, overload, soak-coap';
 
 export function buildProgram(): Command {
   const program = new Command('iotgate')

@@ -25,6 +25,7 @@ test('bench --help names every scenario the harness runs, and only those', () =>
     'shadow-roundtrip',
     'command-roundtrip',
     'rest-read',
+    'proxy',
     'coap-telemetry',
     'connections',
     'overload',

@@ -74,12 +74,15 @@ export async function proxyPlugin(app: FastifyInstance, opts: ProxyPluginOptions
     undici: { connections: CONNECTIONS_PER_ORIGIN, pipelining: 1, connect: { rejectUnauthorized: true, timeout: 10_000 } },
   });
 
+  const accessLogger = app.log;
   const accessLog = (request: FastifyRequest, reply: FastifyReply, ex: Exchange) => {
     const status = reply.raw.statusCode;
     const aborted = !reply.raw.writableFinished;
     service.metrics.request(ex.route, request.method, status, reply.elapsedTime / 1000);
-    request.log.info(
+    // One line per proxied request (the route's own logLevel silences Fastify's two generic ones).
+    accessLogger.info(
       {
+        reqId: request.id,
         route: ex.route,
         method: request.method,
         path: ex.path,
@@ -96,7 +99,9 @@ export async function proxyPlugin(app: FastifyInstance, opts: ProxyPluginOptions
     );
   };
 
-  app.all('/*', { schema: { hide: true } }, async (request, reply) => {
+  // logLevel 'warn': Fastify's "incoming request"/"request completed" lines cost a third of the
+  // proxy's CPU in the benchmark; the access log line above carries what they would.
+  app.all('/*', { schema: { hide: true }, logLevel: 'warn' }, async (request, reply) => {
     const url = request.url;
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
