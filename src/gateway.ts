@@ -166,9 +166,13 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     },
   });
   credentials.on('revoked', (record) => {
-    void commands.forgetDevice(record.id);
-    void telemetryStore.forget(record.id);
-    void shadows.forgetDevice(record.id);
+    // With Redis unreachable these fail: the credentials are refused anyway; the stored data of
+    // the revoked device stays until it is deleted again (logged, never an unhandled rejection).
+    const forgetFailed = (what: string) => (err: unknown) =>
+      log.warn({ err: err instanceof Error ? err.message : String(err), deviceId: record.id }, `could not forget the revoked device's ${what}`);
+    commands.forgetDevice(record.id).catch(forgetFailed('commands'));
+    Promise.resolve(telemetryStore.forget(record.id)).catch(forgetFailed('telemetry'));
+    shadows.forgetDevice(record.id).catch(forgetFailed('shadows'));
     firmware.forgetDevice(record.id);
   });
   new Gauge({

@@ -32,17 +32,22 @@ export interface MqttBroker {
   close(): Promise<void>;
 }
 
+/** How long close() waits for aedes to close its clients before it moves on. */
+const CLOSE_DEADLINE_MS = 3_000;
+
 const SOCKET_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED']);
 
 type AuthorizePublish = (client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void) => void;
 
 /** Runs the state's pre-ack stage (backend.ts) for an authorized QoS 1 publish that goes on. */
-function withBeforeAck(authorize: AuthorizePublish, store: BrokerState): AuthorizePublish {
+function withBeforeAck(authorize: AuthorizePublish, store: BrokerState, available?: () => boolean): AuthorizePublish {
   const beforeAck = store.beforeAck?.bind(store);
   if (!beforeAck) return authorize;
   return (client, packet, callback) =>
     authorize(client, packet, (err) => {
       if (err || packet.qos !== 1 || packet.topic === DROPPED_TOPIC) return callback(err);
+      // Redis unreachable: no PUBACK and the connection closes now, rather than waiting for it.
+      if (available?.() === false) return callback(new Error('the gateway cannot reach its store'));
       beforeAck(packet).then(
         () => callback(null),
         (e: unknown) => callback(e instanceof Error ? e : new Error(String(e))),
@@ -110,7 +115,7 @@ export async function createMqttBroker(deps: MqttEdgeDeps, state: BrokerStateFac
       heartbeatInterval: 60_000,
       preConnect: createPreConnect(facts),
       authenticate: createAuthenticate(ctx, facts),
-      authorizePublish: withBeforeAck(createAuthorizePublish(ctx), store),
+      authorizePublish: withBeforeAck(createAuthorizePublish(ctx), store, deps.available),
       authorizeSubscribe: createAuthorizeSubscribe(ctx),
       authorizeForward: createAuthorizeForward(ctx),
     });
@@ -204,7 +209,15 @@ export async function createMqttBroker(deps: MqttEdgeDeps, state: BrokerStateFac
       detachShadows();
       commandBridge.detach();
       store.beforeClose(aedes);
-      await new Promise<void>((resolve) => aedes.close(() => resolve()));
+      // Bounded: with Redis unreachable, aedes' persistence calls wait for a reconnect that may never
+      // come, and SIGTERM must still exit within 10 s (contract §1).
+      await new Promise<void>((resolve) => {
+        const cut = setTimeout(resolve, CLOSE_DEADLINE_MS);
+        aedes.close(() => {
+          clearTimeout(cut);
+          resolve();
+        });
+      });
       await store.close();
     },
   };

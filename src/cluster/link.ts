@@ -49,6 +49,7 @@ export class ClusterLink {
   private readonly channel: string;
   private readonly detach: (() => void)[] = [];
   private closed = false;
+  private relayFailures = 0;
 
   constructor(private readonly deps: ClusterLinkDeps) {
     this.channel = deps.channel ?? CLUSTER_CHANNEL;
@@ -81,7 +82,10 @@ export class ClusterLink {
     const envelope: Envelope = { o: this.id, t, e };
     this.deps.publisher.publish(this.channel, JSON.stringify(envelope)).catch((err: unknown) => {
       // Redis is down: the other gateways learn the state from the stores later (see above).
-      this.deps.log.warn({ err, event: t }, 'could not relay an event to the other gateways');
+      // One line per 100 failures, not one per event.
+      if (this.relayFailures++ % 100 === 0) {
+        this.deps.log.warn({ err: err instanceof Error ? err.message : String(err), event: t, failures: this.relayFailures }, 'could not relay an event to the other gateways');
+      }
     });
   }
 

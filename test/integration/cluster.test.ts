@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { Agent, request as coapRequest, type IncomingMessage } from 'coap';
 import { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
-import { startGatewayProcess, type GatewayProcess } from '../helpers/cli.js';
+import { runCli, startGatewayProcess, type GatewayProcess } from '../helpers/cli.js';
 import { loopbackEnv, type TestGateway } from '../helpers/gateway.js';
 import { call } from '../helpers/http.js';
 import { assertRefused, closeEvent, connect, deviceLogin, onTopic, openSession, registerDevice, subscribeGranted, withDeadline, type Device, type Inbox } from '../helpers/mqtt.js';
@@ -220,10 +220,18 @@ describe('two gateways on one Redis', () => {
       const values = keys.length ? await peek.mget(...keys) : [];
       return values.reduce((s, v) => s + Number(v ?? 0), 0);
     };
-    while ((await used()) < 10) await new Promise((r) => setImmediate(r));
+    const usedAtLeast = (n: number) =>
+      withDeadline(
+        (async () => {
+          while ((await used()) < n) await new Promise((r) => setImmediate(r));
+        })(),
+        5000,
+        `${n} messages counted in Redis`,
+      );
+    await usedAtLeast(10);
     const firstOnB = await post(b);
     const acceptedOnB = firstOnB.status === 202 ? 1 : 0;
-    while ((await used()) < 10 + acceptedOnB) await new Promise((r) => setImmediate(r));
+    await usedAtLeast(10 + acceptedOnB);
     const refused = await post(b);
     assert.equal(refused.status, 429);
     const problem = (await refused.json()) as { limit?: string; detail?: string };
@@ -262,6 +270,9 @@ describe('two gateways on one Redis', () => {
     if (skipped) return t.skip('redis-server is not installed');
     const dev = await registerDevice(asGateway(a), uid('outage'));
     const { client } = await openSession(teardown, a.mqtt, deviceLogin(dev));
+    // A third gateway with a device connected: SIGTERM while Redis is down still exits 0 in 10 s.
+    const c = await startNode();
+    await openSession(teardown, c.mqtt, deviceLogin(await registerDevice(asGateway(c), uid('outage-c'))));
     await redis!.stop();
     // The gateway sees the connection close a moment after Redis exits.
     const ready = await readyzBecomes(a, 503);
@@ -286,6 +297,21 @@ describe('two gateways on one Redis', () => {
     await withDeadline(gone, 5000, 'the MQTT connection to close without a PUBACK');
     assert.equal(acked, false, 'no PUBACK while the message could not be stored');
     await assertRefused(a.mqtt, deviceLogin(dev), 'CONNECT while Redis is down', [3]);
+    // A revocation while Redis is down (the CLI writes the shared certs dir): every gateway refuses
+    // the device and logs that its stored data could not be forgotten; none of them crashes.
+    const revoked = await registerDevice(asGateway(a), uid('revoked-offline'));
+    const cli = await runCli(['device', 'revoke', revoked.id], loopbackEnv(certsDir));
+    assert.equal(cli.status, 0, cli.stderr);
+    await withDeadline(
+      (async () => {
+        while (!a.proc.lines.some((l) => l.includes('could not forget the revoked device') && l.includes(revoked.id))) await new Promise((r) => setTimeout(r, 50));
+      })(),
+      5000,
+      'gateway A to log the revocation it could not apply to Redis',
+    );
+    assert.equal(a.proc.child.exitCode, null, 'gateway A still runs');
+    c.proc.child.kill('SIGTERM');
+    assert.equal(await withDeadline(c.proc.exited, 10_000, 'a SIGTERM to exit within 10 s with Redis down'), 0);
     await redis!.start();
     // ioredis reconnects by itself (backoff ≤ 1 s): wait for readiness, then it all works again.
     await readyzBecomes(a, 200);
