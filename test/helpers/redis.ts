@@ -111,3 +111,28 @@ export async function startRedis(t: TestContext | null, opts: RedisOptions = {})
   if (t) t.after(() => redis.dispose());
   return redis;
 }
+
+/** Anything that takes teardown hooks (a TestContext, or the stack below). */
+export interface Teardown {
+  after(fn: () => unknown): void;
+}
+
+/**
+ * Teardown in reverse order of registration (node:test runs `t.after` hooks in order): gateways
+ * stop before the Redis they use goes away.
+ */
+export function stack(t: TestContext): Teardown {
+  const hooks: (() => unknown)[] = [];
+  t.after(async () => {
+    for (const hook of hooks.reverse()) await hook();
+  });
+  return { after: (fn) => void hooks.push(fn) };
+}
+
+/** A redis-server whose disposal is on `teardown`; null when redis-server is missing (skipped). */
+export async function redisOn(t: TestContext, teardown: Teardown): Promise<TestRedis | null> {
+  if (!requireTool(t, 'redis-server')) return null;
+  const redis = await startRedis(null);
+  if (redis) teardown.after(() => redis.dispose());
+  return redis;
+}

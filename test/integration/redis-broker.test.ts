@@ -27,27 +27,9 @@ import { opensslCsr } from '../helpers/csr.js';
 import { build, captureLogs, loopbackEnv, type Teardown } from '../helpers/gateway.js';
 import { requireTool } from '../helpers/tools.js';
 import { closeEvent, deviceLogin, onTopic, openSession, subscribeGranted, withDeadline, type Session } from '../helpers/mqtt.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { redisOn, stack, startRedis, type TestRedis } from '../helpers/redis.js';
 
-/**
- * Teardown in reverse order of registration (node:test runs `t.after` hooks in order): gateways
- * stop before the Redis they use goes away.
- */
-function stack(t: TestContext): Teardown {
-  const hooks: (() => unknown)[] = [];
-  t.after(async () => {
-    for (const hook of hooks.reverse()) await hook();
-  });
-  return { after: (fn) => void hooks.push(fn) };
-}
 
-/** A redis-server whose disposal is on `teardown`; null when redis-server is missing (skipped). */
-async function redisOn(t: TestContext, teardown: Teardown): Promise<TestRedis | null> {
-  if (!requireTool(t, 'redis-server')) return null;
-  const redis = await startRedis(null);
-  if (redis) teardown.after(() => redis.dispose());
-  return redis;
-}
 
 let seq = 0;
 const uid = (name: string): string => `rb-${name}-${process.pid}-${++seq}`;

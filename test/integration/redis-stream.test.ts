@@ -10,25 +10,11 @@ import { Redis } from 'ioredis';
 import { eventFromFields, EVENT_STREAM_KEY } from '../../src/upstream/redis-stream.js';
 import { build, type Teardown } from '../helpers/gateway.js';
 import { deviceLogin, openSession, registerDevice, tcpUrl, withDeadline } from '../helpers/mqtt.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { redisOn, stack, type TestRedis } from '../helpers/redis.js';
 import { openEvents } from '../helpers/sse.js';
 import { requireTool } from '../helpers/tools.js';
 
-/** Teardown in reverse order of registration: the gateway stops before its Redis goes away. */
-function stack(t: TestContext): Teardown {
-  const hooks: (() => unknown)[] = [];
-  t.after(async () => {
-    for (const hook of hooks.reverse()) await hook();
-  });
-  return { after: (fn) => void hooks.push(fn) };
-}
 
-async function redisOn(t: TestContext, teardown: Teardown): Promise<TestRedis | null> {
-  if (!requireTool(t, 'redis-server')) return null;
-  const redis = await startRedis(null);
-  if (redis) teardown.after(() => redis.dispose());
-  return redis;
-}
 
 type StreamReply = [key: string, entries: [id: string, fields: string[]][]][] | null;
 
