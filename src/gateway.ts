@@ -155,6 +155,9 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   // device, answers wake the requests waiting elsewhere, shadow changes reach every CoAP observer.
   const cluster = redis ? new ClusterLink({ publisher: redis.client, subscriber: redis.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null }), bus, log: log.child({ module: 'cluster' }) }) : null;
   cluster?.remote.on('command.updated', (record) => commands.remoteUpdate(record));
+  cluster?.onResync(() => {
+    commands.kickAll().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not resync commands after a cluster reconnect'));
+  });
   const commands = new CommandService({
     store: commandStore,
     bus,

@@ -58,6 +58,15 @@ export class ClusterLink {
       deps.bus.on(type, listener as never);
       this.detach.push(() => deps.bus.off(type, listener as never));
     }
+    // ioredis re-subscribes after a reconnect; whatever was published in the gap is lost, so the
+    // gateway is told (onResync) to catch up from the stores.
+    let connectedOnce = deps.subscriber.status === 'ready';
+    const onReady = () => {
+      if (connectedOnce && !this.closed) this.resyncListener?.();
+      connectedOnce = true;
+    };
+    deps.subscriber.on('ready', onReady);
+    this.detach.push(() => deps.subscriber.off('ready', onReady));
     const onMessage = (channel: string, message: string) => {
       if (channel === this.channel) this.receive(message);
     };
@@ -70,6 +79,13 @@ export class ClusterLink {
       () => deps.subscriber.off('message', onMessage),
       () => deps.subscriber.off('error', onError),
     );
+  }
+
+  private resyncListener: (() => void) | undefined;
+
+  /** Called after the subscriber reconnected (messages of the gap are lost). */
+  onResync(listener: () => void): void {
+    this.resyncListener = listener;
   }
 
   /** Subscribes; resolves once Redis confirmed (ioredis re-subscribes by itself after a reconnect). */

@@ -210,6 +210,16 @@ export class CommandService {
     }
   }
 
+  /**
+   * After a gap in the cluster channel (its subscriber reconnected): commands created elsewhere
+   * meanwhile for devices connected here are delivered now instead of at their next subscription.
+   */
+  async kickAll(): Promise<void> {
+    if (this.closed) return;
+    const devices = new Set((await this.deps.store.openAll()).map((r) => r.deviceId));
+    for (const deviceId of devices) if (this.transports.some((t) => t.reachable(deviceId))) this.pump(deviceId, false);
+  }
+
   /** The device's unfinished, unexpired commands in creation order (no state change). */
   async pending(deviceId: string): Promise<CommandRecord[]> {
     const now = this.now();

@@ -123,4 +123,51 @@ describe('ClusterLink', () => {
     assert.equal(outcome.outcome === 'finished' && outcome.record.state, 'succeeded');
     assert.deepEqual(outcome.outcome === 'finished' && outcome.record.response, { status: 200, payload: { ok: true } });
   });
+
+  it('tells the gateway to resync after its subscriber reconnected (messages of the gap are lost)', async (t) => {
+    const redis = await startRedis(t);
+    if (!redis) return;
+    const subscriber = new Redis(redis.url);
+    const publisher = new Redis(redis.url);
+    const l = new ClusterLink({ publisher, subscriber, bus: new EventBus(), log: silent });
+    t.after(async () => {
+      await l.close();
+      publisher.disconnect();
+    });
+    await l.start();
+    let resyncs = 0;
+    const resynced = new Promise<void>((resolve) =>
+      l.onResync(() => {
+        resyncs++;
+        resolve();
+      }),
+    );
+    assert.equal(resyncs, 0, 'not on the first connection');
+    subscriber.disconnect(true); // drop the connection; ioredis reconnects and re-subscribes
+    await resynced;
+    assert.equal(resyncs, 1);
+  });
+
+  it('kickAll delivers open commands of devices reachable here (after a gap in the channel)', async (t) => {
+    const store = new MemoryCommandStore();
+    const svc = new CommandService({ store, bus: new EventBus(), log: silent, queueMax: 10, codecOf: () => undefined });
+    t.after(async () => {
+      svc.close();
+      await svc.idle();
+    });
+    // Created elsewhere (straight into the shared store): nobody here was told.
+    const now = Date.now();
+    const record: CommandRecord = { id: 'c-1', deviceId: 'dev-1', name: 'reboot', params: {}, state: 'queued', createdAt: now, updatedAt: now, expiresAt: now + 60_000 };
+    assert.equal((await store.create(record, { maxUndelivered: 10 })).kind, 'created');
+    await store.create({ ...record, id: 'c-2', deviceId: 'dev-elsewhere' }, { maxUndelivered: 10 });
+    let deliveredHere!: (r: CommandRecord) => void;
+    const delivered = new Promise<CommandRecord>((resolve) => (deliveredHere = resolve));
+    const seen: string[] = [];
+    svc.attach({ reachable: (id) => id === 'dev-1', deliver: (r) => (seen.push(r.id), deliveredHere(r), true) });
+    await svc.kickAll();
+    assert.equal((await delivered).id, 'c-1');
+    await svc.idle();
+    assert.deepEqual(seen, ['c-1'], 'only the reachable device');
+    assert.equal((await store.get('dev-elsewhere', 'c-2'))?.state, 'queued');
+  });
 });
