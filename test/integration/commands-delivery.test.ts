@@ -17,6 +17,7 @@ import { get as httpGet, request as httpRequest, type IncomingMessage } from 'no
 import { join } from 'node:path';
 import protobuf from 'protobufjs';
 import type { MqttClient } from 'mqtt';
+import type { CommandRecord } from '../../src/core/commands.js';
 import { call, type JsonResponse } from '../helpers/http.js';
 import { build, suiteGateway, type TestGateway } from '../helpers/gateway.js';
 import type { EventStream, SseEvent } from '../helpers/sse.js';
@@ -40,17 +41,6 @@ const gateway = suiteGateway({
   IOTGATE_LIMITS_SERVICE_REQUESTS: '[{"limit":100000,"windowMs":1000}]',
 });
 
-interface CommandRecord {
-  id: string;
-  deviceId: string;
-  name: string;
-  params: Record<string, unknown>;
-  state: string;
-  createdAt: number;
-  updatedAt: number;
-  expiresAt: number;
-  response?: { status: number; payload: unknown };
-}
 
 let seq = 0;
 const uid = (name: string): string => `cdl-${name}-${process.pid}-${++seq}`;

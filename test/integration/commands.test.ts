@@ -10,6 +10,7 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import type { CommandRecord } from '../../src/core/commands.js';
 import { call, type JsonResponse } from '../helpers/http.js';
 import { suiteGateway, type TestGateway } from '../helpers/gateway.js';
 import { openEvents, type EventStream } from '../helpers/sse.js';
@@ -18,17 +19,6 @@ import { deviceLogin, onTopic, openSession, registerDevice, subscribeGranted, tc
 const QUEUE_MAX = 5;
 const gateway = suiteGateway({ IOTGATE_COMMANDS_QUEUE_MAX: String(QUEUE_MAX) });
 
-interface CommandRecord {
-  id: string;
-  deviceId: string;
-  name: string;
-  params: Record<string, unknown>;
-  state: string;
-  createdAt: number;
-  updatedAt: number;
-  expiresAt: number;
-  response?: { status: number; payload: unknown };
-}
 
 let seq = 0;
 const uniqueId = (prefix: string) => `${prefix}-${process.pid}-${++seq}`;
