@@ -30,39 +30,49 @@ export async function openEvents(t: Teardown, gw: TestGateway, query: string, to
   });
   assert.equal(res.status, 200);
   assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
-  const events: SseEvent[] = [];
-  const waiters = new Set<() => void>();
+  const sse = collectEvents(() => ac.abort());
   void (async () => {
     const decoder = new TextDecoder();
-    let buf = '';
     try {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += decoder.decode(chunk, { stream: true });
-        let i: number;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          let id = '';
-          let event: string | undefined;
-          let data = '';
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) continue;
-            const at = line.indexOf(':');
-            const field = line.slice(0, at);
-            const value = line.slice(at + 1).replace(/^ /, '');
-            if (field === 'id') id = value;
-            else if (field === 'event') event = value;
-            else if (field === 'data') data += value;
-          }
-          if (event !== undefined) events.push({ id, event, data: JSON.parse(data) as Record<string, unknown> });
-        }
-        for (const w of waiters) w();
-      }
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) sse.feed(decoder.decode(chunk, { stream: true }));
     } catch {
       // aborted
     }
   })();
-  return {
+  return sse.stream;
+}
+
+/**
+ * An SSE parser with the waiting `next()` of EventStream: feed it the response text as it comes
+ * (from fetch or node:http alike).
+ */
+export function collectEvents(close: () => void): { feed(text: string): void; stream: EventStream } {
+  const events: SseEvent[] = [];
+  const waiters = new Set<() => void>();
+  let buf = '';
+  const feed = (text: string) => {
+    buf += text;
+    let i: number;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      let id = '';
+      let event: string | undefined;
+      let data = '';
+      for (const line of block.split('\n')) {
+        if (line.startsWith(':')) continue;
+        const at = line.indexOf(':');
+        const field = line.slice(0, at);
+        const value = line.slice(at + 1).replace(/^ /, '');
+        if (field === 'id') id = value;
+        else if (field === 'event') event = value;
+        else if (field === 'data') data += value;
+      }
+      if (event !== undefined) events.push({ id, event, data: JSON.parse(data) as Record<string, unknown> });
+    }
+    for (const w of waiters) w();
+  };
+  const stream: EventStream = {
     events,
     next(match, what, ms = 5000) {
       const found = events.find(match);
@@ -77,6 +87,7 @@ export async function openEvents(t: Teardown, gw: TestGateway, query: string, to
       });
       return withDeadline(arrived, ms, what).finally(() => check && waiters.delete(check));
     },
-    close: () => ac.abort(),
+    close,
   };
+  return { feed, stream };
 }

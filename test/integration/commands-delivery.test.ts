@@ -20,7 +20,7 @@ import type { MqttClient } from 'mqtt';
 import type { CommandRecord } from '../../src/core/commands.js';
 import { call, type JsonResponse } from '../helpers/http.js';
 import { build, suiteGateway, type TestGateway } from '../helpers/gateway.js';
-import type { EventStream, SseEvent } from '../helpers/sse.js';
+import { collectEvents, type EventStream, type SseEvent } from '../helpers/sse.js';
 import {
   deviceLogin,
   onTopic,
@@ -95,49 +95,11 @@ async function commandEvents(t: TestContext, gw: TestGateway, deviceId: string, 
   });
   assert.equal(res.statusCode, 200);
   assert.match(res.headers['content-type'] ?? '', /^text\/event-stream/);
-  const events: SseEvent[] = [];
-  const waiters = new Set<() => void>();
-  let buf = '';
+  const sse = collectEvents(() => void req.destroy());
   res.setEncoding('utf8');
   res.on('error', () => undefined);
-  res.on('data', (chunk: string) => {
-    buf += chunk;
-    let i: number;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      let id = '';
-      let event: string | undefined;
-      let data = '';
-      for (const line of block.split('\n')) {
-        if (line.startsWith(':')) continue;
-        const at = line.indexOf(':');
-        const value = line.slice(at + 1).replace(/^ /, '');
-        if (line.startsWith('id:')) id = value;
-        else if (line.startsWith('event:')) event = value;
-        else if (line.startsWith('data:')) data += value;
-      }
-      if (event !== undefined) events.push({ id, event, data: JSON.parse(data) as Record<string, unknown> });
-    }
-    for (const w of waiters) w();
-  });
-  return {
-    events,
-    next(match, what, ms = 5000) {
-      const found = events.find(match);
-      if (found) return Promise.resolve(found);
-      let check: (() => void) | undefined;
-      const arrived = new Promise<SseEvent>((resolve) => {
-        check = () => {
-          const e = events.find(match);
-          if (e) resolve(e);
-        };
-        waiters.add(check);
-      });
-      return withDeadline(arrived, ms, what).finally(() => check && waiters.delete(check));
-    },
-    close: () => void req.destroy(),
-  };
+  res.on('data', sse.feed);
+  return sse.stream;
 }
 
 const eventRecord = (e: SseEvent) => (e.data.type === 'iotgate.command.updated' ? (e.data.data as CommandRecord) : undefined);
