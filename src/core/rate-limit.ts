@@ -51,6 +51,27 @@ export interface Limiter {
   close(): void;
 }
 
+/**
+ * The decision on refilled buckets (one token count per window): null when `amount` fits in every
+ * window, else the window that makes the caller wait longest. Shared by the in-memory limiter and
+ * the Redis-backed one.
+ */
+export function refusalFor(windows: readonly RateWindow[], tokens: Float64Array, amount: number, unit: RateRule['unit']): RateRefusal | null {
+  let refusal: RateRefusal | null = null;
+  for (let i = 0; i < windows.length; i++) {
+    const w = windows[i] as RateWindow;
+    const have = tokens[i] as number;
+    if (have >= amount) continue;
+    // More than the window allows at all can never pass: say "a whole window" rather than 0.
+    const wait = amount > w.limit ? w.windowMs : Math.ceil(((amount - have) * w.windowMs) / w.limit);
+    if (refusal === null || wait > refusal.retryAfterMs) {
+      const window = describeWindow(w.windowMs);
+      refusal = { limit: `${w.limit} ${unit} per ${window}`, window, max: w.limit, windowMs: w.windowMs, retryAfterMs: wait };
+    }
+  }
+  return refusal;
+}
+
 export class RateLimiter implements Limiter {
   private readonly buckets = new Map<string, Bucket>();
   private readonly windows: RateWindow[];
@@ -79,20 +100,11 @@ export class RateLimiter implements Limiter {
     }
     const elapsed = Math.max(0, now - bucket.at);
     bucket.at = now;
-    let refusal: RateRefusal | null = null;
     for (let i = 0; i < n; i++) {
       const w = this.windows[i] as RateWindow;
-      const tokens = Math.min(w.limit, (bucket.tokens[i] as number) + (elapsed * w.limit) / w.windowMs);
-      bucket.tokens[i] = tokens;
-      if (tokens < amount) {
-        // More than the window allows at all can never pass: say "a whole window" rather than 0.
-        const wait = amount > w.limit ? w.windowMs : Math.ceil(((amount - tokens) * w.windowMs) / w.limit);
-        if (refusal === null || wait > refusal.retryAfterMs) {
-          const window = describeWindow(w.windowMs);
-          refusal = { limit: `${w.limit} ${this.rule.unit} per ${window}`, window, max: w.limit, windowMs: w.windowMs, retryAfterMs: wait };
-        }
-      }
+      bucket.tokens[i] = Math.min(w.limit, (bucket.tokens[i] as number) + (elapsed * w.limit) / w.windowMs);
     }
+    const refusal = refusalFor(this.windows, bucket.tokens, amount, this.rule.unit);
     if (refusal) return refusal;
     for (let i = 0; i < n; i++) bucket.tokens[i] = (bucket.tokens[i] as number) - amount;
     return null;

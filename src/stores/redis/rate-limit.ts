@@ -20,7 +20,7 @@
  */
 import type { ClientContext, Redis, Result } from 'ioredis';
 import type { Logger } from 'pino';
-import { describeWindow, type Limiter, type RateRefusal, type RateRule, type RateWindow } from '../../core/rate-limit.js';
+import { refusalFor, type Limiter, type RateRefusal, type RateRule, type RateWindow } from '../../core/rate-limit.js';
 import type { RedisKeys } from './keys.js';
 import { defineScripts } from './scripts.js';
 
@@ -133,18 +133,7 @@ export class RedisRateLimiter implements Limiter {
     }
     this.refill(state, now);
     // The same decision as RateLimiter.take, on a bucket that also carries the others' consumption.
-    let refusal: RateRefusal | null = null;
-    for (let i = 0; i < n; i++) {
-      const w = this.windows[i] as RateWindow;
-      const tokens = state.tokens[i] as number;
-      if (tokens < amount) {
-        const wait = amount > w.limit ? w.windowMs : Math.ceil(((amount - tokens) * w.windowMs) / w.limit);
-        if (refusal === null || wait > refusal.retryAfterMs) {
-          const window = describeWindow(w.windowMs);
-          refusal = { limit: `${w.limit} ${this.rule.unit} per ${window}`, window, max: w.limit, windowMs: w.windowMs, retryAfterMs: wait };
-        }
-      }
-    }
+    const refusal = refusalFor(this.windows, state.tokens, amount, this.rule.unit);
     if (refusal) return refusal;
     for (let i = 0; i < n; i++) {
       state.tokens[i] = (state.tokens[i] as number) - amount;
