@@ -17,19 +17,13 @@ import { EventHub } from './core/event-hub.js';
 import { WebhookDispatcher } from './upstream/webhooks.js';
 import { RedisEventStream } from './upstream/redis-stream.js';
 import { PresenceService } from './core/presence.js';
-import { RateLimiter, type Limiter, type RateRule } from './core/rate-limit.js';
-import { createRedisStores } from './stores/redis/index.js';
+import { selectStores, type StoreOverrides } from './gateway-stores.js';
 import { ClusterLink } from './cluster/link.js';
-import type { CommandStore, DeviceRegistry, ShadowStore, TelemetryStore } from './core/ports.js';
 import { CommandService } from './core/command-service.js';
-import { MemoryCommandStore } from './stores/memory/commands.js';
 import { ShadowService } from './core/shadow-service.js';
 import { FirmwareService } from './core/firmware.js';
-import { MemoryShadowStore } from './stores/memory/shadows.js';
 import { TelemetryService } from './core/telemetry.js';
-import { MemoryTelemetryStore } from './stores/memory/telemetry.js';
 import { telemetryCounters } from './telemetry-metrics.js';
-import { MemoryDeviceRegistry } from './stores/memory/registry.js';
 import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions, CA_FILES } from './pki/index.js';
 import { buildHttpApp } from './http/app.js';
 import { RouteService } from './routes/service.js';
@@ -74,12 +68,9 @@ export interface Gateway {
   addresses(): Addresses;
 }
 
-export interface GatewayDeps {
+/** A logger, and store implementations that replace the configured ones (tests). */
+export interface GatewayDeps extends StoreOverrides {
   log?: Logger;
-  registry?: DeviceRegistry;
-  telemetryStore?: TelemetryStore;
-  shadowStore?: ShadowStore;
-  commandStore?: CommandStore;
 }
 
 export async function buildGateway(config: Config, deps: GatewayDeps = {}): Promise<Gateway> {
@@ -93,12 +84,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   const ledger = new FileCredentialLedger(certsDir, material);
 
   // Contract §1: with redis.url every piece of state lives in Redis, shared by every gateway on it.
-  const redis =
-    config.redis.url === undefined
-      ? null
-      : createRedisStores(config.redis.url, { historyMax: config.commands.historyMax, telemetry: config.telemetry, log: log.child({ module: 'redis' }) });
-  const limiter = (rule: RateRule): Limiter => (redis ? redis.rateLimiter(rule) : new RateLimiter(rule));
-  const registry = deps.registry ?? redis?.registry ?? new MemoryDeviceRegistry();
+  const stores = selectStores(config, deps, log);
+  const { redis, limiter, registry } = stores;
   const bus = new EventBus();
   // Before anything can emit: every bus event becomes a CloudEvent once, for SSE and webhooks.
   const events = new EventHub(bus, { bufferSize: config.events.bufferSize, log: log.child({ module: 'events' }) });
@@ -130,7 +117,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     config.redis.url === undefined
       ? null
       : new RedisEventStream({ hub: events, url: config.redis.url, maxLen: config.events.streamMaxLen, log: log.child({ module: 'event-stream' }), metrics });
-  const telemetryStore = deps.telemetryStore ?? redis?.telemetry ?? new MemoryTelemetryStore(config.telemetry);
+  const telemetryStore = stores.telemetry;
   const telemetry = new TelemetryService({
     decoderFor: (type) => schemas.get(type),
     store: telemetryStore,
@@ -142,7 +129,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     const record = credentials.get(deviceId);
     return record && record.revokedAt === null ? record.type : undefined;
   };
-  const shadowStore = deps.shadowStore ?? redis?.shadows ?? new MemoryShadowStore();
+  const shadowStore = stores.shadows;
   const shadows = new ShadowService({
     store: shadowStore,
     bus,
@@ -150,7 +137,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     log: log.child({ module: 'shadows' }),
   });
   const firmware = new FirmwareService({ shadows, bus, registry, log: log.child({ module: 'firmware' }) });
-  const commandStore = deps.commandStore ?? redis?.commands ?? new MemoryCommandStore({ historyMax: config.commands.historyMax });
+  const commandStore = stores.commands;
   // Several gateways on one Redis: commands created on one are delivered by the one holding the
   // device, answers wake the requests waiting elsewhere, shadow changes reach every CoAP observer.
   const cluster = redis ? new ClusterLink({ publisher: redis.client, subscriber: redis.client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null }), bus, log: log.child({ module: 'cluster' }) }) : null;
@@ -234,11 +221,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     metrics,
     readiness: async () => ({
       pki: { status: 'ok' },
-      store: redis
-        ? redis.isReady()
-          ? { status: 'ok', detail: 'redis' }
-          : { status: 'failing', detail: `redis ${redis.status}` }
-        : { status: 'ok', detail: 'memory' },
+      store: stores.status(),
       credentials: listenerStatus(state === 'running'),
       mqtt: listenerStatus(mqtt?.listening().mqtt === true),
       mqtts: listenerStatus(mqtt?.listening().mqtts === true),
