@@ -16,6 +16,8 @@ import { EventBus } from './core/events.js';
 import { EventHub } from './core/event-hub.js';
 import { WebhookDispatcher } from './upstream/webhooks.js';
 import { RedisEventStream } from './upstream/redis-stream.js';
+import { RedisEventLog } from './upstream/redis-event-log.js';
+import { LocalEventLog, type EventLog } from './core/event-log.js';
 import { PresenceService } from './core/presence.js';
 import { selectStores, type StoreOverrides } from './gateway-stores.js';
 import { ClusterLink } from './cluster/link.js';
@@ -117,6 +119,11 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     config.redis.url === undefined
       ? null
       : new RedisEventStream({ hub: events, url: config.redis.url, maxLen: config.events.streamMaxLen, log: log.child({ module: 'event-stream' }), metrics });
+  // SSE reads the fleet's stream when there is one (resume on any gateway), else this hub.
+  const eventLog: EventLog =
+    redis === null || config.redis.url === undefined
+      ? new LocalEventLog(events)
+      : new RedisEventLog({ client: redis.client, url: config.redis.url, bufferSize: config.events.bufferSize, log: log.child({ module: 'event-log' }) });
   const telemetryStore = stores.telemetry;
   const telemetry = new TelemetryService({
     decoderFor: (type) => schemas.get(type),
@@ -215,7 +222,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     shadows,
     firmware,
     commands,
-    events: { hub: events, heartbeatMs: config.events.heartbeatMs, maxLagEvents: config.events.sseMaxLagEvents },
+    events: { log: eventLog, heartbeatMs: config.events.heartbeatMs, maxLagEvents: config.events.sseMaxLagEvents },
     upstreams: webhooks,
     routes,
     metrics,
@@ -382,6 +389,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       await coaps?.close();
       firmware.close();
       await webhooks.close();
+      await eventLog.close();
       await eventStream?.close();
       events.close();
       await presence.close();

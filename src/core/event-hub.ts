@@ -14,10 +14,16 @@ export class HubEntry {
   private jsonText: string | undefined;
   private sseText: string | undefined;
 
+  /** The id SSE shows: the sequence number, or the Redis Stream entry id of a stream-fed hub. */
+  readonly id: string;
+
   constructor(
     readonly seq: number,
     readonly event: CloudEvent,
-  ) {}
+    id?: string,
+  ) {
+    this.id = id ?? String(seq);
+  }
 
   /** The CloudEvent as JSON, serialized on first use and cached. */
   json(): string {
@@ -29,7 +35,7 @@ export class HubEntry {
    * break, so one `data:` line carries the whole event (WHATWG HTML §9.2.6).
    */
   sse(): string {
-    return (this.sseText ??= `id: ${this.seq}\nevent: ${this.event.type}\ndata: ${this.json()}\n\n`);
+    return (this.sseText ??= `id: ${this.id}\nevent: ${this.event.type}\ndata: ${this.json()}\n\n`);
   }
 }
 
@@ -152,10 +158,13 @@ export class EventHub {
     return this.subscribers.size;
   }
 
-  /** Publishes a CloudEvent; resolves its entry (null after close). Never throws. */
-  publish(event: CloudEvent): HubEntry | null {
+  /**
+   * Publishes a CloudEvent; resolves its entry (null after close). Never throws. `id` is the id
+   * SSE shows (default: the sequence number).
+   */
+  publish(event: CloudEvent, id?: string): HubEntry | null {
     if (this.closed) return null;
-    const entry = new HubEntry(++this.seq, event);
+    const entry = new HubEntry(++this.seq, event, id);
     this.ring[entry.seq % this.capacity] = entry;
     this.pending.push(entry);
     this.locked(() => {});
@@ -172,6 +181,13 @@ export class EventHub {
     if (afterSeq > this.seq) return { afterSeq, oldestSeq: this.oldestSeq, reason: 'unknown' };
     if (afterSeq < this.oldestSeq - 1) return { afterSeq, oldestSeq: this.oldestSeq, reason: 'expired' };
     return null;
+  }
+
+  /** The buffered entry with sequence number `seq`, if it is still buffered. */
+  entryAt(seq: number): HubEntry | undefined {
+    if (seq < this.oldestSeq || seq > this.seq) return undefined;
+    const entry = this.ring[seq % this.capacity];
+    return entry !== undefined && entry.seq === seq ? entry : undefined;
   }
 
   /** Buffered entries with a sequence number greater than `afterSeq`, oldest first (live view). */

@@ -14,6 +14,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { EventBus } from '../../src/core/events.js';
 import { EventHub } from '../../src/core/event-hub.js';
+import { LocalEventLog } from '../../src/core/event-log.js';
 import type { TelemetryRecord } from '../../src/core/model.js';
 import { errorsPlugin } from '../../src/http/plugins/errors.js';
 import { authPlugin } from '../../src/http/plugins/auth.js';
@@ -143,7 +144,7 @@ describe('events over HTTP', () => {
     const { key, ...verify } = serviceJwtVerifyOptions(material.jwtPublicKeyPem);
     await app.register(authPlugin, { jwtPublicKeyPem: key, verify, authenticateDevice: async () => null });
     await app.register(openapiPlugin, { version: 'test' });
-    await app.register(eventRoutes, { hub, heartbeatMs: opts.heartbeatMs ?? 60_000, maxLagEvents: opts.maxLagEvents ?? 1000 });
+    await app.register(eventRoutes, { log: new LocalEventLog(hub), heartbeatMs: opts.heartbeatMs ?? 60_000, maxLagEvents: opts.maxLagEvents ?? 1000 });
     await app.register(upstreamRoutes, { upstreams: dispatcher });
     const url = await app.listen({ host: '127.0.0.1', port: 0 });
     t.after(async () => {

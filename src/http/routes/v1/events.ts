@@ -1,8 +1,10 @@
 /**
- * `GET /v1/events` (contract §8, §9): the event hub as Server-Sent Events (WHATWG HTML §9.2).
- * Each event is `id: <seq>`, `event: <CloudEvent type>`, `data: <CloudEvent JSON>`; a `: ping`
- * comment keeps idle streams alive. `Last-Event-ID` (or `?lastEventId=`) resumes from the hub's
- * buffer; when that is no longer possible an `iotgate.gap` event says so first.
+ * `GET /v1/events` (contract §8, §9): the event log as Server-Sent Events (WHATWG HTML §9.2).
+ * Each event is `id: <id>`, `event: <CloudEvent type>`, `data: <CloudEvent JSON>`; a `: ping`
+ * comment keeps idle streams alive. Where events come from and what ids look like is the event
+ * log's business (src/core/event-log.ts): this gateway's hub with sequence numbers, or with Redis
+ * the fleet's stream `iotgate:events` with its entry ids. `Last-Event-ID` (or `?lastEventId=`)
+ * resumes; when that is no longer possible an `iotgate.gap` event says so first.
  *
  * Back-pressure: a stream reads from the hub's ring buffer at its own pace (a cursor, no
  * per-client queue): while its socket does not drain it only counts the live events it misses,
@@ -13,22 +15,21 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { CLOUD_EVENT_TYPES, isCloudEventType } from '../../../core/cloudevents.js';
-import { GatewayError } from '../../../core/errors.js';
 import { isDeviceId } from '../../../core/model.js';
-import { matchesFilter, type EventFilter, type EventGap, type EventHub, type HubEntry } from '../../../core/event-hub.js';
+import { matchesFilter, type EventFilter, type EventHub, type HubEntry } from '../../../core/event-hub.js';
+import { GAP_EVENT, type EventLog, type EventLogReader, type SseSend } from '../../../core/event-log.js';
 import { problemSchema } from '../../problem.js';
 import { authErrorResponses, serviceSecurity } from '../../schemas.js';
 
 export interface EventRoutesOptions {
-  hub: EventHub;
+  log: EventLog;
   /** `: ping` comment interval (default 15 000 ms). */
   heartbeatMs?: number;
   /** Live events a non-draining client may miss before it is disconnected (default 1000). */
   maxLagEvents?: number;
 }
 
-/** The SSE event name of a gap notice (not a CloudEvent type). */
-export const GAP_EVENT = 'iotgate.gap';
+export { GAP_EVENT };
 
 const MAX_FILTER_ITEMS = 1000;
 
@@ -71,17 +72,30 @@ const devicesParam = z
   })
   .describe('Comma-separated device ids; default all');
 
-const SEQ = /^\d{1,16}$/;
-
-/** The sequence number to resume after (header first, then query), or undefined. */
-function resumeAfter(header: string | string[] | undefined, query: string | undefined): number | undefined {
+/** The id to resume after (header first, then query), checked against the log's id format, or undefined. */
+function resumeAfter(log: EventLog, header: string | string[] | undefined, query: string | undefined): string | undefined {
   const [value, path] = header !== undefined ? [Array.isArray(header) ? header[0] : header, 'headers.last-event-id'] : [query, 'querystring.lastEventId'];
   if (value === undefined || value.trim() === '') return undefined;
-  if (!SEQ.test(value.trim())) {
-    const message = 'expected an event id (a decimal sequence number) from this stream';
-    throw new GatewayError('validation_failed', `${path}: ${message}`, { details: { errors: [{ path, message }] } });
-  }
-  return Number(value.trim());
+  log.check(value.trim(), path);
+  return value.trim();
+}
+
+/** Writes a frame to `res`, resolving once it can take more (true) or has closed (false). */
+function sender(res: ServerResponse): SseSend {
+  return (frame) =>
+    new Promise<boolean>((resolve) => {
+      if (res.destroyed || res.writableEnded) return resolve(false);
+      if (res.write(frame)) return resolve(true);
+      const settle = (ok: boolean) => () => {
+        res.off('drain', onDrain);
+        res.off('close', onClose);
+        resolve(ok);
+      };
+      const onDrain = settle(true);
+      const onClose = settle(false);
+      res.once('drain', onDrain);
+      res.once('close', onClose);
+    });
 }
 
 class SseStream {
@@ -98,23 +112,14 @@ class SseStream {
     private readonly res: ServerResponse,
     private readonly hub: EventHub,
     private readonly filter: EventFilter,
-    afterSeq: number | undefined,
+    cursor: number,
     private readonly maxLag: number,
     private readonly log: FastifyBaseLogger,
     private readonly onEnd: (s: SseStream) => void,
   ) {
     res.on('close', () => this.finish());
     res.on('error', () => this.finish());
-    this.cursor = hub.lastSeq;
-    if (afterSeq !== undefined) {
-      const gap = hub.gapAfter(afterSeq);
-      if (gap) {
-        this.writeGap(gap);
-        this.cursor = gap.oldestSeq - 1;
-      } else {
-        this.cursor = afterSeq;
-      }
-    }
+    this.cursor = cursor;
     this.unsubscribe = hub.subscribe(filter, (seq, _event, entry) => this.onLive(seq, entry));
     this.waiting = true;
     this.pump();
@@ -130,12 +135,6 @@ class SseStream {
     if (this.waiting) this.res.destroy();
     else this.res.end();
     this.finish();
-  }
-
-  private writeGap(gap: EventGap): void {
-    const data = JSON.stringify({ lastEventId: String(gap.afterSeq), resumedAfter: String(gap.oldestSeq - 1), reason: gap.reason });
-    // The id moves the client's Last-Event-ID past the hole, so a reconnect does not report it again.
-    this.res.write(`id: ${gap.oldestSeq - 1}\nevent: ${GAP_EVENT}\ndata: ${data}\n\n`);
   }
 
   private onLive(seq: number, entry: HubEntry): void {
@@ -187,10 +186,12 @@ class SseStream {
 }
 
 export const eventRoutes: FastifyPluginAsyncZod<EventRoutesOptions> = async (app, opts) => {
-  const { hub } = opts;
+  const { log } = opts;
   const heartbeatMs = opts.heartbeatMs ?? 15_000;
   const maxLag = opts.maxLagEvents ?? 1000;
   const streams = new Set<SseStream>();
+  /** Responses still replaying (before their SseStream exists). */
+  const replaying = new Set<ServerResponse>();
   let heartbeat: NodeJS.Timeout | null = null;
 
   const removed = (s: SseStream) => {
@@ -205,6 +206,7 @@ export const eventRoutes: FastifyPluginAsyncZod<EventRoutesOptions> = async (app
   // http.close() (forceCloseConnections 'idle') waiting forever.
   app.addHook('preClose', (done) => {
     for (const s of [...streams]) s.close();
+    for (const res of [...replaying]) res.destroy();
     done();
   });
 
@@ -215,15 +217,16 @@ export const eventRoutes: FastifyPluginAsyncZod<EventRoutesOptions> = async (app
       schema: {
         summary: 'Event stream (Server-Sent Events)',
         description:
-          'Scope: telemetry:read. A text/event-stream of CloudEvents 1.0: `id: <sequence>`, `event: <type>`, `data: <CloudEvent JSON>`, ' +
-          'and a `: ping` comment every few seconds. Resume with the `Last-Event-ID` header (or `lastEventId`); when events after it ' +
-          `are no longer buffered an \`${GAP_EVENT}\` event comes first. A client that does not keep up is disconnected.`,
+          'Scope: telemetry:read. A text/event-stream of CloudEvents 1.0: `id: <id>`, `event: <type>`, `data: <CloudEvent JSON>`, ' +
+          'and a `: ping` comment every few seconds. Ids are sequence numbers of this gateway, or with Redis the entry ids of the ' +
+          'stream `iotgate:events` (every gateway\'s events; resume on any gateway). Resume with the `Last-Event-ID` header (or ' +
+          `\`lastEventId\`); when events after it are no longer held an \`${GAP_EVENT}\` event comes first. A client that does not keep up is disconnected.`,
         tags: ['events'],
         security: serviceSecurity,
         querystring: z.object({
           types: typesParam.optional(),
           devices: devicesParam.optional(),
-          lastEventId: z.string().max(32).optional().describe('Same as the Last-Event-ID header (the header wins)'),
+          lastEventId: z.string().max(48).optional().describe('Same as the Last-Event-ID header (the header wins)'),
         }),
         response: {
           200: z.string().describe('text/event-stream'),
@@ -234,11 +237,13 @@ export const eventRoutes: FastifyPluginAsyncZod<EventRoutesOptions> = async (app
     },
     async (request, reply) => {
       const q = request.query;
-      const afterSeq = resumeAfter(request.headers['last-event-id'], q.lastEventId);
+      const after = resumeAfter(log, request.headers['last-event-id'], q.lastEventId);
       const filter: EventFilter = {
         types: q.types !== undefined && q.types.length > 0 ? new Set(q.types) : undefined,
         devices: q.devices !== undefined && q.devices.length > 0 ? new Set(q.devices) : undefined,
       };
+      // Before the response starts: a log that cannot be read answers 503 here.
+      const reader: EventLogReader = await log.open(after);
 
       reply.hijack();
       const res = reply.raw;
@@ -249,14 +254,25 @@ export const eventRoutes: FastifyPluginAsyncZod<EventRoutesOptions> = async (app
         'x-request-id': String(request.id),
       });
       res.write(': iotgate events\n\n');
-      const stream = new SseStream(res, hub, filter, afterSeq, maxLag, request.log, removed);
+      replaying.add(res);
+      const start = await reader.replay(filter, sender(res)).finally(() => replaying.delete(res));
+      if (start === null || res.destroyed || res.writableEnded) {
+        reader.release();
+        if (!res.writableEnded) res.end();
+        return;
+      }
+      const ended = (s: SseStream) => {
+        removed(s);
+        reader.release();
+      };
+      const stream = new SseStream(res, start.hub, filter, start.cursor, maxLag, request.log, ended);
       if (res.destroyed) return;
       streams.add(stream);
       heartbeat ??= setInterval(() => {
         for (const s of streams) s.ping();
       }, heartbeatMs);
       heartbeat.unref();
-      request.log.debug({ types: q.types, devices: q.devices?.length, afterSeq }, 'SSE stream opened');
+      request.log.debug({ types: q.types, devices: q.devices?.length, after }, 'SSE stream opened');
     },
   );
 };
