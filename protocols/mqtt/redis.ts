@@ -2,7 +2,8 @@
  * The broker's state in Redis (issue 8 item 2), so that several gateways act as one broker and a
  * restarted one loses nothing: aedes-persistence-redis 12 keeps subscriptions of persistent
  * sessions, their queued and in-flight QoS 1/2 messages, retained messages and wills;
- * mqemitter-redis carries every publish to the subscribers of every gateway (Redis pub/sub).
+ * redis-emitter.ts carries every publish to the subscribers of every gateway (Redis pub/sub, local
+ * subscribers first).
  *
  * What this module adds to those two packages:
  * - a fresh aedes id per process: packet keys (`packet:<brokerId>:<counter>`), duplicate detection
@@ -28,10 +29,10 @@ import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import type { Aedes, Client } from 'aedes';
 import { Redis } from 'ioredis';
-import mqemitterRedis from 'mqemitter-redis';
 import type { Logger } from 'pino';
-import type { BrokerState, BrokerStateFactory, MessageEmitter } from './backend.js';
+import type { BrokerState, BrokerStateFactory } from './backend.js';
 import type { Persistence } from './offline-queue.js';
+import { redisBusEmitter } from './redis-emitter.js';
 import { CONNECTION_PREFIX, WillKeeper, type WillPacket } from './redis-wills.js';
 
 export const SESSIONS_KEY = 'iotgate:mqtt:sessions';
@@ -66,15 +67,6 @@ const createRedisPersistence = require('aedes-persistence-redis') as (opts: { co
 const fromPersistence = createRequire(require.resolve('aedes-persistence-redis'));
 const msgpack = fromPersistence('msgpack-lite') as { decode(buf: Buffer): unknown };
 const LegacyRedisClient = fromPersistence('ioredis') as new (url: string, opts: Record<string, unknown>) => LegacyRedis;
-
-/** mqemitter-redis also reports connection errors on `state` (an EventEmitter that throws when unheard). */
-interface RedisEmitter extends MessageEmitter {
-  state: { on(event: 'error', listener: (err: Error) => void): unknown };
-  subConn: { status: string; disconnect(): void };
-  pubConn: { status: string; disconnect(): void };
-  /** mqemitter's own close (mqemitter-redis keeps it under this name). */
-  _close(done: () => void): void;
-}
 
 // Drops every message a session's queue references: each is shared by the sessions it was queued
 // for and deleted with the last one (aedes-persistence-redis' `offlineCount`).
@@ -140,27 +132,7 @@ export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
     const db = new LegacyRedisClient(opts.url, {});
     db.on('error', errorLogger(log, 'persistence'));
     const persistence = createRedisPersistence({ conn: db, maxSessionDelivery: Math.max(1000, ctx.offlineQueueMax) });
-    const mq = mqemitterRedis({ connectionString: opts.url, matchEmptyLevels: true }) as unknown as RedisEmitter; // [MQTT-4.7.1-3]
-    mq.state.on('error', errorLogger(log, 'emitter'));
-    // mqemitter-redis closes with QUIT and waits for both connections to end: while Redis is
-    // unreachable that is forever (and aedes.close with it). Then the connections are dropped.
-    // ioredis' disconnect() during a reconnect wait never emits 'end' either: the emitter is then
-    // closed directly (mqemitter's own close, which only marks it closed).
-    const closeEmitter = mq.close.bind(mq);
-    mq.close = (done) => {
-      let finished = false;
-      const finish = () => {
-        if (!finished) (finished = true), done();
-      };
-      closeEmitter(finish);
-      const drop = () => {
-        mq.subConn.disconnect();
-        mq.pubConn.disconnect();
-        if (!finished) mq._close(finish);
-      };
-      if (mq.subConn.status !== 'ready' || mq.pubConn.status !== 'ready') drop();
-      else setTimeout(drop, 1000).unref();
-    };
+    const mq = redisBusEmitter({ url: opts.url, brokerId, log });
 
     let aedesRef: Aedes | null = null;
     const keeper = new WillKeeper({
@@ -288,6 +260,11 @@ export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
         if (p.topic.startsWith('$SYS/')) subs = subs.filter((s) => !s.topic.startsWith('#') && !s.topic.startsWith('+'));
         await persistence.outgoingEnqueueCombi(subs, p);
         remember(early.enqueued, key);
+      },
+      status() {
+        const conns = { persistence: db.status, bus: mq.pubConn.status, 'bus-subscriber': mq.subConn.status, keeper: keeperConn.status };
+        const down = Object.entries(conns).filter(([, s]) => s !== 'ready');
+        return down.length === 0 ? { ok: true, detail: 'redis' } : { ok: false, detail: `redis ${down.map(([name, s]) => `${name} ${s}`).join(', ')}` };
       },
       async attach(aedes) {
         aedesRef = aedes;
