@@ -9,18 +9,19 @@
  * The entry id is Redis' own (`<ms>-<n>`); the CloudEvent `id` is the one SSE and webhooks show.
  * Each gateway writes the events that happened on it, so with several gateways the stream holds
  * every event once. Writes are `XADD iotgate:events MAXLEN ~ <events.streamMaxLen> * ...`,
- * pipelined: whatever accumulated while one batch was on its way goes in the next.
+ * one script call per batch: whatever accumulated while one batch was on its way goes in the next.
  *
  * Back-pressure is a bounded buffer, never an await on the ingest path: while Redis is slow or
  * down, events wait in memory up to `maxBuffer` (the oldest is dropped and counted beyond that),
  * and one batch at a time waits in the Redis client. Delivery is at least once: a batch whose
  * reply was lost with the connection is written again (readers deduplicate by the CloudEvent id).
  */
-import { Redis } from 'ioredis';
+import { Redis, type ClientContext, type Result } from 'ioredis';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { CloudEvent } from '../core/cloudevents.js';
 import type { EventHub, HubEntry } from '../core/event-hub.js';
+import { defineScripts } from '../stores/redis/scripts.js';
 import { BoundedQueue } from './delivery.js';
 
 export const EVENT_STREAM_KEY = 'iotgate:events';
@@ -36,7 +37,7 @@ export interface RedisEventStreamOptions {
   maxLen: number;
   /** Events held in memory while Redis is slow or down (default 10 000); the oldest is dropped beyond. */
   maxBuffer?: number;
-  /** Events per pipelined write (default 256). */
+  /** Events per write (one script call; default 256). */
   batchMax?: number;
   /** How long close() waits for the buffer to be written (default 2000 ms). */
   closeTimeoutMs?: number;
@@ -57,6 +58,29 @@ export function streamFields(event: CloudEvent): string[] {
     'datacontenttype', event.datacontenttype,
     'data', JSON.stringify(event.data) ?? 'null',
   ];
+}
+
+/**
+ * One XADD per event of a batch, in one call (one command to build and parse instead of one per
+ * event): ARGV = MAXLEN, then per event id, type, source, subject, time, data; the fields are
+ * those of `streamFields`.
+ */
+const APPEND_EVENTS = `local n = 0
+for i = 2, #ARGV, 6 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'specversion', '1.0', 'id', ARGV[i], 'type', ARGV[i + 1],
+    'source', ARGV[i + 2], 'subject', ARGV[i + 3], 'time', ARGV[i + 4], 'datacontenttype', 'application/json', 'data', ARGV[i + 5])
+  n = n + 1
+end
+return n`;
+
+declare module 'ioredis' {
+  interface RedisCommander<Context extends ClientContext = { type: 'default' }> {
+    iotgateEventsAppend(key: string, ...args: string[]): Result<number, Context>;
+  }
+}
+
+function pushEventArgs(args: string[], event: CloudEvent): void {
+  args.push(event.id, event.type, event.source, event.subject ?? '', event.time, JSON.stringify(event.data) ?? 'null');
 }
 
 /** A stream entry's fields (the flat `[name, value, ...]` of XRANGE / XREADGROUP) as a CloudEvent. */
@@ -108,6 +132,7 @@ export class RedisEventStream {
   constructor(opts: RedisEventStreamOptions) {
     if (!opts.redis && opts.url === undefined) throw new Error('RedisEventStream needs a url or a redis connection');
     this.redis = opts.redis ?? new Redis(opts.url as string, { connectionName: 'iotgate:events' });
+    defineScripts(this.redis, { iotgateEventsAppend: { lua: APPEND_EVENTS, numberOfKeys: 1 } });
     this.key = opts.key ?? EVENT_STREAM_KEY;
     this.maxLen = String(Math.max(1, Math.floor(opts.maxLen)));
     this.batchMax = Math.max(1, opts.batchMax ?? 256);
@@ -128,7 +153,7 @@ export class RedisEventStream {
           labelNames: ['reason'] as const,
           registers,
         }),
-        errors: new Counter({ name: 'iotgate_event_stream_write_errors_total', help: 'Failed pipelined writes to the Redis Stream (retried)', registers }),
+        errors: new Counter({ name: 'iotgate_event_stream_write_errors_total', help: 'Failed batch writes to the Redis Stream (retried)', registers }),
       };
       const self = this;
       new Gauge({
@@ -237,37 +262,30 @@ export class RedisEventStream {
     }
   }
 
-  /** Writes the batch; keeps what failed in it. Resolves false when something must be retried. */
+  /** Writes the batch in one script call; keeps it for a retry when that failed. Resolves false when something must be retried. */
   private async write(): Promise<boolean> {
-    const pipeline = this.redis.pipeline();
-    for (const { entry } of this.batch) pipeline.xadd(this.key, 'MAXLEN', '~', this.maxLen, '*', ...streamFields(entry.event));
-    let results: [Error | null, unknown][];
+    const args: string[] = [this.maxLen];
+    for (const { entry } of this.batch) pushEventArgs(args, entry.event);
     try {
-      results = (await pipeline.exec()) ?? [];
+      await this.redis.iotgateEventsAppend(this.key, ...args);
     } catch (err) {
       this.metrics?.errors.inc();
-      this.log?.debug({ err, events: this.batch.length }, 'event stream: write failed; will retry');
-      return false;
-    }
-    const again: typeof this.batch = [];
-    let failed = false;
-    this.batch.forEach((item, i) => {
-      const err = results[i]?.[0] ?? (results[i] === undefined ? new Error('no reply') : null);
-      if (err === null) {
-        this.writtenCount++;
-        this.metrics?.written.inc();
-        return;
-      }
-      failed = true;
-      item.attempts++;
       // A connection error is retried for as long as it takes; a refusal (wrong type, out of
-      // memory) a few times only.
-      const refused = err.name === 'ReplyError';
-      if (refused && item.attempts >= MAX_ATTEMPTS_ON_REPLY_ERROR) this.drop(item.entry, 'rejected', err.message);
-      else again.push(item);
-    });
-    if (failed) this.metrics?.errors.inc();
-    this.batch = again;
-    return again.length === 0;
+      // memory) a few times only. A script that failed half-way is written again whole: readers
+      // deduplicate by the CloudEvent id.
+      if ((err as Error).name === 'ReplyError') {
+        for (const item of this.batch) item.attempts++;
+        const dropped = this.batch.filter((item) => item.attempts >= MAX_ATTEMPTS_ON_REPLY_ERROR);
+        for (const item of dropped) this.drop(item.entry, 'rejected', (err as Error).message);
+        this.batch = this.batch.filter((item) => item.attempts < MAX_ATTEMPTS_ON_REPLY_ERROR);
+      } else {
+        this.log?.debug({ err, events: this.batch.length }, 'event stream: write failed; will retry');
+      }
+      return this.batch.length === 0;
+    }
+    this.writtenCount += this.batch.length;
+    this.metrics?.written.inc(this.batch.length);
+    this.batch = [];
+    return true;
   }
 }

@@ -1,9 +1,12 @@
 /**
  * TelemetryStore on Redis: per device a STREAM whose entry ids are `receivedAt-<seq>`, so
- * XREVRANGE answers "the newest `limit` in [since, until]" directly. `append` is one Lua script
- * (auto-pipelined with concurrent appends) that adds the entry, trims by count (exact MAXLEN) and by
- * age (MINID), and sets the key to expire `retentionMs` after the last append, so an idle device's
- * history disappears as a whole. The returned promise resolves once Redis has the entry.
+ * XREVRANGE answers "the newest `limit` in [since, until]" directly. `append` runs a Lua script
+ * that adds the entry, trims by count (exact MAXLEN) and by age (MINID), and sets the key to expire
+ * `retentionMs` after the last append, so an idle device's history disappears as a whole. The
+ * appends of one event-loop turn (up to 512) go in one script call: one command to build, send and
+ * parse instead of one per message, the largest cost of the Redis ingest path. The returned
+ * promise resolves once Redis has the entry. One call touches the streams of several devices, so
+ * it needs a standalone (or Sentinel) Redis, which is what createRedisStores connects to.
  */
 import type { ClientContext, Redis, Result } from 'ioredis';
 import type { TelemetryQuery, TelemetryStore } from '../../core/ports.js';
@@ -14,30 +17,48 @@ import { defineScripts } from './scripts.js';
 
 declare module 'ioredis' {
   interface RedisCommander<Context extends ClientContext = { type: 'default' }> {
-    iotgateTelemetryAppend(key: string, receivedAt: string, maxLen: string, minId: string, json: string, ttlMs: string): Result<number, Context>;
+    iotgateTelemetryAppend(numberOfKeys: number, ...keysAndArgs: string[]): Result<number, Context>;
   }
 }
 
+// KEYS: the devices' streams. ARGV: MAXLEN, the TTL in ms, then per record: the index of its key
+// in KEYS, receivedAt, the MINID trim bound, the record JSON.
 const SCRIPTS = {
   iotgateTelemetryAppend: {
-    numberOfKeys: 1,
     // A stream only grows: an entry older than the newest (another gateway's clock, a late
     // append) is stored at the stream's last id instead; the record keeps its own receivedAt.
     lua: `
-local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[2], ARGV[1] .. '-*', 'r', ARGV[4])
-if type(added) == 'table' and added.err then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  local last = ARGV[1]
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = string.match(info[i + 1], '^(%d+)') end
+local n = 0
+for i = 3, #ARGV, 4 do
+  local key = KEYS[tonumber(ARGV[i])]
+  local added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], ARGV[i + 1] .. '-*', 'r', ARGV[i + 3])
+  if type(added) == 'table' and added.err then
+    local info = redis.call('XINFO', 'STREAM', key)
+    local last = ARGV[i + 1]
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then last = string.match(info[j + 1], '^(%d+)') end
+    end
+    redis.call('XADD', key, 'MAXLEN', ARGV[1], last .. '-*', 'r', ARGV[i + 3])
   end
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], last .. '-*', 'r', ARGV[4])
+  if tonumber(ARGV[i + 2]) > 0 then redis.call('XTRIM', key, 'MINID', ARGV[i + 2]) end
+  redis.call('PEXPIRE', key, ARGV[2])
+  n = n + 1
 end
-if tonumber(ARGV[3]) > 0 then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1`,
+return n`,
   },
 };
+
+/** Appends of one event-loop turn go to Redis in one script call, at most this many. */
+const BATCH_MAX = 512;
+
+interface PendingAppend {
+  key: string;
+  receivedAt: string;
+  minId: string;
+  json: string;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
 
 export interface TelemetryRetention {
   retentionCount: number;
@@ -45,6 +66,8 @@ export interface TelemetryRetention {
 }
 
 export class RedisTelemetryStore implements TelemetryStore {
+  private pending: PendingAppend[] = [];
+
   constructor(
     private readonly client: Redis,
     private readonly keys: RedisKeys,
@@ -53,20 +76,49 @@ export class RedisTelemetryStore implements TelemetryStore {
     defineScripts(client, SCRIPTS);
   }
 
-  async append(record: TelemetryRecord): Promise<void> {
-    try {
-      const at = Math.max(0, Math.floor(record.receivedAt));
-      await this.client.iotgateTelemetryAppend(
-        this.keys.telemetry(record.deviceId),
-        String(at),
-        String(this.retention.retentionCount),
-        String(Math.max(0, at - this.retention.retentionMs)),
-        JSON.stringify(record),
-        String(this.retention.retentionMs),
-      );
-    } catch (err) {
-      throw storeError(err);
+  append(record: TelemetryRecord): Promise<void> {
+    const at = Math.max(0, Math.floor(record.receivedAt));
+    return new Promise((resolve, reject) => {
+      const n = this.pending.push({
+        key: this.keys.telemetry(record.deviceId),
+        receivedAt: String(at),
+        minId: String(Math.max(0, at - this.retention.retentionMs)),
+        json: JSON.stringify(record),
+        resolve,
+        reject,
+      });
+      if (n >= BATCH_MAX) this.flush();
+      else if (n === 1) setImmediate(this.flushSoon);
+    });
+  }
+
+  private readonly flushSoon = () => this.flush();
+
+  /** Sends the pending appends in one script call; each promise settles with its reply. */
+  private flush(): void {
+    const batch = this.pending;
+    if (batch.length === 0) return;
+    this.pending = [];
+    const keys: string[] = [];
+    const index = new Map<string, string>();
+    const args = [String(this.retention.retentionCount), String(this.retention.retentionMs)];
+    for (const p of batch) {
+      let i = index.get(p.key);
+      if (i === undefined) {
+        keys.push(p.key);
+        index.set(p.key, (i = String(keys.length)));
+      }
+      args.push(i, p.receivedAt, p.minId, p.json);
     }
+    this.client.iotgateTelemetryAppend(keys.length, ...keys, ...args).then(
+      () => {
+        for (const p of batch) p.resolve();
+      },
+      (err: unknown) => {
+        const e = storeError(err);
+        for (const p of batch) p.reject(e);
+      },
+    );
   }
 
   async history(deviceId: string, q: TelemetryQuery): Promise<TelemetryRecord[]> {
