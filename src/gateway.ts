@@ -198,6 +198,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
 
   const listenerStatus = (up: boolean): ComponentStatus =>
     state === 'stopping' || state === 'stopped' ? { status: 'stopping' } : up ? { status: 'ok' } : { status: 'starting' };
+  const brokerStatus = (s: { ok: boolean; detail: string } | undefined): ComponentStatus =>
+    s === undefined ? listenerStatus(false) : s.ok ? { status: 'ok', detail: s.detail } : { status: 'failing', detail: s.detail };
 
   const http = await buildHttpApp({
     log: log.child({ module: 'http' }),
@@ -229,6 +231,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     readiness: async () => ({
       pki: { status: 'ok' },
       store: stores.status(),
+      // The broker's own Redis connections (sessions, wills, the bus between gateways).
+      ...(redis && { broker: brokerStatus(mqtt?.broker.stateStatus()) }),
       credentials: listenerStatus(state === 'running'),
       mqtt: listenerStatus(mqtt?.listening().mqtt === true),
       mqtts: listenerStatus(mqtt?.listening().mqtts === true),

@@ -33,6 +33,8 @@ export interface BrokerState {
   readonly persistence: Persistence;
   /** Undefined: aedes' in-process emitter. */
   readonly mq: MessageEmitter | undefined;
+  /** Whether the state's own connections are up (readiness); absent: always (in memory). */
+  status?(): { ok: boolean; detail: string };
   /** Called once, after aedes is listening and before any listener is bound. */
   attach(aedes: Aedes): Promise<void>;
   /**

@@ -29,6 +29,8 @@ export interface MqttBroker {
   handle(stream: Duplex, protocol: DeviceProtocol): void;
   /** Closes every open session of a device (revocation). */
   disconnectDevice(deviceId: string, reason: DisconnectReason): number;
+  /** The session state's connections (Redis: persistence, bus, keeper), for readiness. */
+  stateStatus(): { ok: boolean; detail: string };
   close(): Promise<void>;
 }
 
@@ -201,6 +203,9 @@ export async function createMqttBroker(deps: MqttEdgeDeps, state: BrokerStateFac
       sessions.markReason(client, reason);
       client.close();
       return 1;
+    },
+    stateStatus() {
+      return store.status?.() ?? { ok: true, detail: store.kind };
     },
     async close() {
       closing = true;
