@@ -2,7 +2,7 @@
  * Ports: what core needs from the outside world. Each has a memory implementation (and Redis in
  * its own issue), and each ships a contract suite in test/contracts/ that every implementation runs.
  */
-import type { CertificateInfo, CredentialRecord, DeviceRecord, TelemetryRecord } from './model.js';
+import type { CertificateInfo, CredentialRecord, DeviceProtocol, DeviceRecord, TelemetryRecord } from './model.js';
 import type { StoredShadow } from './shadow.js';
 import type { CommandRecord, CommandResponse, CommandState } from './commands.js';
 
@@ -197,4 +197,54 @@ export interface CommandStore {
   /** Drops everything of a device (it was deleted). */
   forgetDevice(deviceId: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/** Who holds a device's presence: a gateway and the session whose connect wrote it. */
+export interface PresenceOwner {
+  gateway: string;
+  session: string;
+}
+
+/** A connect: always applies (the newest connection holds the presence). */
+export interface PresenceOnline {
+  online: true;
+  owner: PresenceOwner;
+  protocol: DeviceProtocol;
+  /** connectedAt and lastSeen (epoch ms). */
+  at: number;
+  /** The new version is above both this and the stored one. */
+  minVersion: number;
+}
+
+/** A disconnect: applies only while `owner` still holds the presence (no `session`: any session of that gateway). */
+export interface PresenceOffline {
+  online: false;
+  owner: { gateway: string; session?: string };
+  /** Written as lastSeen when given (a reaper leaves the last one the dead gateway wrote). */
+  lastSeen?: number;
+  minVersion: number;
+}
+
+export type PresenceWrite =
+  /** `protocol`: the one the record had before this change. */
+  | { status: 'applied'; version: number; protocol: DeviceProtocol | null }
+  /** No record. */
+  | { status: 'unknown' }
+  /** An offline whose owner no longer holds the presence: nothing was written. */
+  | { status: 'not_owner' };
+
+/**
+ * Presence writes of the device registry, atomic per device (both stores implement it; see
+ * docs/redis.md for the Redis layout and src/core/presence.ts for who calls it).
+ */
+export interface PresenceStore {
+  /** Sets online/protocol/connectedAt/lastSeen/presenceVersion and the owner; an offline is compare-and-set on the owner. */
+  writePresence(id: string, change: PresenceOnline | PresenceOffline): Promise<PresenceWrite>;
+  /**
+   * Ids of the devices whose presence `gateway` may hold, in batches: every device it holds, and
+   * maybe some it held once (the owner check is writePresence's).
+   */
+  presenceHeldBy(gateway: string): AsyncIterable<string[]>;
+  /** Drops what presenceHeldBy knows of `gateway` (gone, and its devices handled). */
+  forgetGateway(gateway: string): Promise<void>;
 }

@@ -6,7 +6,7 @@ import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RedisDeviceRegistry, RedisKeys } from '../../src/stores/redis/index.js';
 import { connect, redisForFile } from './redis-harness.js';
-import { device, deviceRegistryContract } from './device-registry.js';
+import { device, deviceRegistryContract, presenceStoreContract } from './device-registry.js';
 
 
 
@@ -15,6 +15,7 @@ if (env) {
   const { redis, shared } = env;
   let n = 0;
   deviceRegistryContract('redis', async () => new RedisDeviceRegistry(shared.client, new RedisKeys(`t${++n}:`)));
+  presenceStoreContract('redis', async () => new RedisDeviceRegistry(shared.client, new RedisKeys(`t${++n}:`)));
 
   describe('RedisDeviceRegistry', () => {
     it("two gateways on one Redis see each other's writes", async (t) => {
@@ -56,6 +57,24 @@ if (env) {
       }
       assert.deepEqual(seen, ids.filter((_, i) => i % 7 === 0));
       assert.equal((await r.list({ limit: 1000 })).items.length, 250);
+    });
+
+    it('presence: the owner under the device hash tag, each gateway’s list apart; a late offline through another connection loses', async (t) => {
+      const prefix = `x${++n}:`;
+      const a = await connect(redis.url, prefix, t);
+      const b = await connect(redis.url, prefix, t);
+      await a.registry.create(device('dev-p'));
+      await a.registry.writePresence('dev-p', { online: true, owner: { gateway: 'gw-a', session: 's1' }, protocol: 'mqtt', at: 5, minVersion: 0 });
+      assert.deepEqual(await shared.client.hgetall(`${prefix}{dev-p}:presence`), { gateway: 'gw-a', session: 's1' });
+      await b.registry.writePresence('dev-p', { online: true, owner: { gateway: 'gw-b', session: 's9' }, protocol: 'mqtts', at: 6, minVersion: 0 });
+      assert.deepEqual(await a.registry.writePresence('dev-p', { online: false, owner: { gateway: 'gw-a', session: 's1' }, lastSeen: 7, minVersion: 0 }), { status: 'not_owner' });
+      assert.equal((await b.registry.get('dev-p'))?.online, true);
+      assert.deepEqual(
+        (await shared.client.keys(`${prefix}*`)).sort(),
+        [`${prefix}devices`, `${prefix}presence:gw-a`, `${prefix}presence:gw-b`, `${prefix}{dev-p}:device`, `${prefix}{dev-p}:presence`],
+      );
+      assert.equal(await a.registry.delete('dev-p'), true);
+      assert.equal(await shared.client.exists(`${prefix}{dev-p}:presence`), 0, 'deleted with the device');
     });
 
     it('keeps the record under the device hash tag and the index apart', async () => {

@@ -1,6 +1,8 @@
 /**
  * PresenceService (src/core/presence.ts) on the memory registry and a real EventBus: versions,
- * several sessions per device, takeover ordering, lastSeen batching and the emitted events.
+ * several sessions per device, takeover ordering, lastSeen batching and the emitted events; and
+ * several gateways on one registry: a late offline from a gateway the device left, and the reap of
+ * a dead gateway's devices (once, with concurrent reapers).
  */
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -268,21 +270,103 @@ describe('PresenceService', () => {
     assert.equal(presence.isOnline('dev-1'), false);
   });
 
-  it('a failing registry rejects that update but later updates of the device still run', async (t) => {
-    const { registry, presence } = await setup(t);
-    const update = registry.update.bind(registry);
-    let fail = true;
-    registry.update = async (id, patch) => {
-      if (fail) throw new Error('store down');
-      return update(id, patch);
+  it('a failing store rejects that update but later updates of the device still run', async (t) => {
+    const { registry, events, presence } = await setup(t);
+    const write = registry.writePresence.bind(registry);
+    let fail: 'before' | 'after' | null = 'before';
+    registry.writePresence = async (id, change) => {
+      if (fail === 'before') throw new Error('store down');
+      const res = await write(id, change);
+      if (fail === 'after') throw new Error('reply lost');
+      return res;
     };
     await assert.rejects(presence.connected('dev-1', 'mqtt', 's1'), /store down/);
-    fail = false;
-    const off = await presence.disconnected('dev-1', 'mqtt', 's1', 'connection_lost');
-    assert.ok(off && off.version >= 1);
+    fail = null;
+    assert.equal(await presence.disconnected('dev-1', 'mqtt', 's1', 'connection_lost'), null, 'the connect never landed: nothing to take back');
+    assert.equal((await registry.get('dev-1'))?.online, false);
+    assert.equal((await presence.connected('dev-1', 'mqtt', 's2'))?.version, 1);
+    await presence.disconnected('dev-1', 'mqtt', 's2', 'connection_lost');
+    // A connect that landed but whose reply was lost is still this gateway's to take back.
+    fail = 'after';
+    await assert.rejects(presence.connected('dev-1', 'mqtt', 's3'), /reply lost/);
+    fail = null;
+    const off = await presence.disconnected('dev-1', 'mqtt', 's3', 'connection_lost');
+    assert.ok(off);
     const rec = await registry.get('dev-1');
     assert.equal(rec?.online, false);
     assert.equal(rec?.presenceVersion, off.version);
-    assert.equal((await presence.connected('dev-1', 'mqtt', 's2'))?.version, off.version + 1);
+    assert.deepEqual(events.map((e) => [e.online, e.version]), [[true, 1], [false, 2], [false, 4]]);
+  });
+});
+
+/** Several gateways (one PresenceService and bus each) on one registry. */
+async function fleet(t: TestContext, names: string[], ids: string[]) {
+  const registry = new MemoryDeviceRegistry();
+  for (const id of ids) await registry.create(record(id));
+  const log = pino({ level: 'silent' });
+  const gateways = names.map((name) => {
+    const bus = new EventBus();
+    const events: Event[] = [];
+    bus.on('device.connected', (e) => events.push(e));
+    bus.on('device.disconnected', (e) => events.push(e));
+    const presence = new PresenceService(registry, bus, log, { gatewayId: name, flushIntervalMs: 3_600_000 });
+    t.after(() => presence.close());
+    return { presence, events };
+  });
+  return { registry, gateways };
+}
+
+describe('PresenceService on several gateways', () => {
+  it('a late offline from the gateway a device left changes nothing and emits nothing', async (t) => {
+    const { registry, gateways } = await fleet(t, ['gw-a', 'gw-b'], ['dev-1']);
+    const [a, b] = gateways as [(typeof gateways)[0], (typeof gateways)[0]];
+    await a.presence.connected('dev-1', 'mqtt', 'a1');
+    const on = await b.presence.connected('dev-1', 'mqtts', 'b1');
+    assert.equal(on?.version, 2);
+    // A noticed the old connection late (keepalive timeout): not the 'moved' path.
+    assert.equal(await a.presence.disconnected('dev-1', 'mqtt', 'a1', 'keepalive_timeout'), null);
+    assert.deepEqual(a.events.map((e) => e.online), [true], 'no offline event from A');
+    const rec = await registry.get('dev-1');
+    assert.equal(rec?.online, true);
+    assert.equal(rec?.protocol, 'mqtts');
+    assert.equal(rec?.presenceVersion, 2);
+    const off = await b.presence.disconnected('dev-1', 'mqtts', 'b1', 'client_disconnect');
+    assert.equal(off?.version, 3, 'the holder’s offline applies');
+    assert.equal((await registry.get('dev-1'))?.online, false);
+  });
+
+  it('the same for a shutdown of the old gateway after the device moved over CoAP', async (t) => {
+    const { registry, gateways } = await fleet(t, ['gw-a', 'gw-b'], ['dev-1']);
+    const [a, b] = gateways as [(typeof gateways)[0], (typeof gateways)[0]];
+    await a.presence.connected('dev-1', 'mqtt', 'a1');
+    await b.presence.connected('dev-1', 'coap', 'coap:dev-1');
+    assert.equal(await a.presence.disconnected('dev-1', 'mqtt', 'a1', 'shutdown'), null);
+    assert.equal((await registry.get('dev-1'))?.protocol, 'coap');
+  });
+
+  it('reap: the devices a dead gateway holds go offline exactly once, even with two reapers at once', async (t) => {
+    const { registry, gateways } = await fleet(t, ['gw-a', 'gw-b', 'gw-c'], ['dev-1', 'dev-2', 'dev-3', 'dev-4']);
+    const [a, b, c] = gateways as [(typeof gateways)[0], (typeof gateways)[0], (typeof gateways)[0]];
+    await a.presence.connected('dev-1', 'mqtt', 'a1');
+    await a.presence.connected('dev-2', 'coap', 'coap:dev-2');
+    await a.presence.connected('dev-3', 'mqtt', 'a3');
+    await b.presence.connected('dev-3', 'mqtts', 'b3'); // moved to B before A died
+    await a.presence.connected('dev-4', 'mqtt', 'a4');
+    await a.presence.disconnected('dev-4', 'mqtt', 'a4', 'client_disconnect'); // left before A died
+    const [byB, byC] = await Promise.all([b.presence.reap('gw-a'), c.presence.reap('gw-a')]);
+    assert.equal(byB + byC, 2);
+    const offline = [...b.events, ...c.events].filter((e) => !e.online) as DeviceDisconnected[];
+    assert.deepEqual(offline.map((e) => [e.deviceId, e.protocol, e.reason, e.version]).sort(), [
+      ['dev-1', 'mqtt', 'connection_lost', 2],
+      ['dev-2', 'coap', 'connection_lost', 2],
+    ]);
+    assert.equal((await registry.get('dev-1'))?.online, false);
+    assert.equal((await registry.get('dev-2'))?.online, false);
+    assert.equal((await registry.get('dev-3'))?.online, true, 'the device on B stays online');
+    assert.equal((await registry.get('dev-3'))?.protocol, 'mqtts');
+    assert.equal((await registry.get('dev-4'))?.presenceVersion, 2, 'an offline device is not touched');
+    assert.equal(await b.presence.reap('gw-a'), 0, 'a second reap finds nothing');
+    assert.equal(await b.presence.reap('gw-b'), 0, 'a gateway never reaps itself');
+    assert.equal((await registry.get('dev-3'))?.online, true);
   });
 });

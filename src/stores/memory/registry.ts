@@ -1,12 +1,19 @@
-/** In-memory DeviceRegistry (embedded mode). Records are copied in and out. */
-import type { DeviceListQuery, DevicePage, DeviceRegistry } from '../../core/ports.js';
+/**
+ * In-memory DeviceRegistry (embedded mode). Records are copied in and out. Presence writes are the
+ * same compare-and-set on the owner as the Redis store's (src/core/presence.ts), synchronous here.
+ */
+import type { DeviceListQuery, DevicePage, DeviceRegistry, PresenceOffline, PresenceOnline, PresenceOwner, PresenceStore, PresenceWrite } from '../../core/ports.js';
 import type { DeviceRecord } from '../../core/model.js';
 import { GatewayError } from '../../core/errors.js';
 
 const clone = (r: DeviceRecord): DeviceRecord => structuredClone(r);
 
-export class MemoryDeviceRegistry implements DeviceRegistry {
+export class MemoryDeviceRegistry implements DeviceRegistry, PresenceStore {
   private readonly devices = new Map<string, DeviceRecord>();
+  /** Who holds each device's presence (kept beside the record, like the Redis `:presence` hash). */
+  private readonly owners = new Map<string, PresenceOwner>();
+  /** Per gateway, the devices whose presence it may hold. */
+  private readonly held = new Map<string, Set<string>>();
 
   async get(id: string): Promise<DeviceRecord | null> {
     const r = this.devices.get(id);
@@ -28,7 +35,42 @@ export class MemoryDeviceRegistry implements DeviceRegistry {
   }
 
   async delete(id: string): Promise<boolean> {
+    this.owners.delete(id);
     return this.devices.delete(id);
+  }
+
+  async writePresence(id: string, change: PresenceOnline | PresenceOffline): Promise<PresenceWrite> {
+    const r = this.devices.get(id);
+    if (change.online) {
+      let set = this.held.get(change.owner.gateway);
+      if (!set) this.held.set(change.owner.gateway, (set = new Set()));
+      set.add(id);
+    }
+    if (!r) return { status: 'unknown' };
+    if (!change.online) {
+      const owner = this.owners.get(id);
+      if (owner?.gateway !== change.owner.gateway || (change.owner.session !== undefined && owner.session !== change.owner.session)) return { status: 'not_owner' };
+    }
+    const version = Math.max(r.presenceVersion ?? 0, change.minVersion) + 1;
+    const previous = r.protocol;
+    if (change.online) {
+      this.devices.set(id, { ...r, online: true, protocol: change.protocol, connectedAt: change.at, lastSeen: change.at, presenceVersion: version });
+      this.owners.set(id, { ...change.owner });
+    } else {
+      this.devices.set(id, { ...r, online: false, protocol: null, presenceVersion: version, ...(change.lastSeen !== undefined && { lastSeen: change.lastSeen }) });
+      this.owners.delete(id);
+      this.held.get(change.owner.gateway)?.delete(id);
+    }
+    return { status: 'applied', version, protocol: previous };
+  }
+
+  async *presenceHeldBy(gateway: string): AsyncIterable<string[]> {
+    const ids = [...(this.held.get(gateway) ?? [])];
+    if (ids.length > 0) yield ids;
+  }
+
+  async forgetGateway(gateway: string): Promise<void> {
+    this.held.delete(gateway);
   }
 
   async list(q: DeviceListQuery): Promise<DevicePage> {

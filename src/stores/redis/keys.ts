@@ -25,6 +25,16 @@ export class RedisKeys {
     return `${this.prefix}devices`;
   }
 
+  /** HASH `gateway`, `session`: who holds the device's presence (absent while offline). */
+  presence(id: string): string {
+    return `${this.tag(id)}:presence`;
+  }
+
+  /** SET: ids of devices whose presence `gateway` may hold (a superset; the reaper's list). Fleet-wide. */
+  presenceHeld(gateway: string): string {
+    return `${this.prefix}presence:${gateway}`;
+  }
+
   /** HASH name → StoredShadow JSON ('' is the classic shadow). */
   shadowDocs(id: string): string {
     return `${this.tag(id)}:shadow`;

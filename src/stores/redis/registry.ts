@@ -5,9 +5,14 @@
  * the id order for `list`; it lives in another slot, so create/delete touch two slots (see
  * docs/redis.md). The record is the truth: `list` skips index entries without a record, and
  * `delete` re-adds the id when a concurrent create won the race.
+ *
+ * Presence (`writePresence`): one script on the record and `{id}:presence` (who holds it: gateway
+ * and session), so an offline is a compare-and-set on that owner. A connect first adds the id to
+ * the gateway's set `presence:<gateway>` (another slot; a superset of what the gateway holds),
+ * which is what `reap` walks when that gateway is gone.
  */
 import type { ClientContext, Redis, Result } from 'ioredis';
-import type { DeviceListQuery, DevicePage, DeviceRegistry } from '../../core/ports.js';
+import type { DeviceListQuery, DevicePage, DeviceRegistry, PresenceOffline, PresenceOnline, PresenceStore, PresenceWrite } from '../../core/ports.js';
 import type { DeviceRecord } from '../../core/model.js';
 import { decodeCursor, encodeCursor } from '../memory/registry.js';
 import type { RedisKeys } from './keys.js';
@@ -20,6 +25,11 @@ declare module 'ioredis' {
     iotgateDeviceCreate(key: string, ...fieldsAndValues: string[]): Result<number, Context>;
     /** 0 unknown, else HGETALL after the change. ARGV: nset, field, value, ..., fields to delete ... */
     iotgateDeviceUpdate(key: string, nset: number, ...args: string[]): Result<unknown, Context>;
+    /**
+     * {'applied', version, previous protocol JSON} | {'unknown'} | {'not_owner'}.
+     * ARGV: 'on' gateway session minVersion protocolJSON atJSON | 'off' gateway session|'' minVersion lastSeenJSON|''
+     */
+    iotgateDevicePresence(record: string, owner: string, ...args: string[]): Result<unknown, Context>;
   }
 }
 
@@ -39,6 +49,29 @@ local nset = tonumber(ARGV[1])
 if nset > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 2, nset + 1)) end
 if #ARGV > nset + 1 then redis.call('HDEL', KEYS[1], unpack(ARGV, nset + 2)) end
 return redis.call('HGETALL', KEYS[1])`,
+  },
+  // KEYS[1] the record, KEYS[2] its owner (HASH gateway, session). Values in the record are JSON.
+  iotgateDevicePresence: {
+    numberOfKeys: 2,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
+local on, gateway, session = ARGV[1] == 'on', ARGV[2], ARGV[3]
+if not on then
+  local owner = redis.call('HMGET', KEYS[2], 'gateway', 'session')
+  if owner[1] ~= gateway or (session ~= '' and owner[2] ~= session) then return {'not_owner'} end
+end
+local stored = tonumber(redis.call('HGET', KEYS[1], 'presenceVersion') or '0') or 0
+local version = string.format('%d', math.max(stored, tonumber(ARGV[4])) + 1)
+local previous = redis.call('HGET', KEYS[1], 'protocol') or 'null'
+if on then
+  redis.call('HSET', KEYS[1], 'online', 'true', 'protocol', ARGV[5], 'connectedAt', ARGV[6], 'lastSeen', ARGV[6], 'presenceVersion', version)
+  redis.call('HSET', KEYS[2], 'gateway', gateway, 'session', session)
+else
+  redis.call('HSET', KEYS[1], 'online', 'false', 'protocol', 'null', 'presenceVersion', version)
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'lastSeen', ARGV[5]) end
+  redis.call('DEL', KEYS[2])
+end
+return {'applied', version, previous}`,
   },
 };
 
@@ -62,7 +95,7 @@ function fromFlat(flat: readonly (string | null)[]): DeviceRecord | null {
   return fromHash(hash);
 }
 
-export class RedisDeviceRegistry implements DeviceRegistry {
+export class RedisDeviceRegistry implements DeviceRegistry, PresenceStore {
   constructor(
     private readonly client: Redis,
     private readonly keys: RedisKeys,
@@ -110,12 +143,55 @@ export class RedisDeviceRegistry implements DeviceRegistry {
 
   async delete(id: string): Promise<boolean> {
     try {
-      const removed = (await this.client.del(this.keys.device(id))) === 1;
-      if (!removed) return false;
+      const [deleted] = await Promise.all([this.client.del(this.keys.device(id)), this.client.del(this.keys.presence(id))]);
+      if (deleted !== 1) return false;
       await this.client.zrem(this.keys.deviceIndex(), id);
       // A create that ran between our DEL and ZREM has its index entry removed by us: put it back.
       if ((await this.client.exists(this.keys.device(id))) === 1) await this.client.zadd(this.keys.deviceIndex(), 0, id);
       return true;
+    } catch (err) {
+      throw storeError(err);
+    }
+  }
+
+  async writePresence(id: string, change: PresenceOnline | PresenceOffline): Promise<PresenceWrite> {
+    try {
+      const keys = [this.keys.device(id), this.keys.presence(id)] as const;
+      const args = change.online
+        ? ['on', change.owner.gateway, change.owner.session, String(change.minVersion), JSON.stringify(change.protocol), JSON.stringify(change.at)]
+        : ['off', change.owner.gateway, change.owner.session ?? '', String(change.minVersion), change.lastSeen === undefined ? '' : JSON.stringify(change.lastSeen)];
+      // The gateway's set first, in the same write: it always covers what the gateway holds.
+      const [, reply] = await Promise.all([
+        change.online ? this.client.sadd(this.keys.presenceHeld(change.owner.gateway), id) : null,
+        this.client.iotgateDevicePresence(...keys, ...args),
+      ]);
+      const [status, version, previous] = replyArray(reply, 'iotgateDevicePresence');
+      if (status === 'unknown' || status === 'not_owner') return { status };
+      if (status !== 'applied') throw new Error(`unexpected reply from iotgateDevicePresence: ${String(status)}`);
+      // An entry left behind (a crash right here) is harmless: the owner check skips it.
+      if (!change.online) await this.client.srem(this.keys.presenceHeld(change.owner.gateway), id);
+      return { status, version: Number(version), protocol: JSON.parse(previous ?? 'null') as DeviceRecord['protocol'] };
+    } catch (err) {
+      throw storeError(err);
+    }
+  }
+
+  async *presenceHeldBy(gateway: string): AsyncIterable<string[]> {
+    let cursor = '0';
+    try {
+      do {
+        const [next, ids] = await this.client.sscan(this.keys.presenceHeld(gateway), cursor, 'COUNT', 500);
+        cursor = next;
+        if (ids.length > 0) yield ids;
+      } while (cursor !== '0');
+    } catch (err) {
+      throw storeError(err);
+    }
+  }
+
+  async forgetGateway(gateway: string): Promise<void> {
+    try {
+      await this.client.del(this.keys.presenceHeld(gateway));
     } catch (err) {
       throw storeError(err);
     }
