@@ -312,7 +312,10 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
         websocket: { server: http.server, path: '/mqtt', maxConnections: config.http.mqttWsMaxConnections },
         tls: { key: material.serverKeyPem, cert: material.serverCertPem, ca: material.caCertPem, crl: crlPem },
         // Sessions, queued and retained messages and wills in Redis, shared by every gateway.
-        ...(config.redis.url !== undefined && { brokerState: redisBrokerState({ url: config.redis.url }) }),
+        // The broker id is the presence owner id: the gateways that find it dead reap its devices.
+        ...(config.redis.url !== undefined && {
+          brokerState: redisBrokerState({ url: config.redis.url, brokerId: presence.gatewayId, onGatewayGone: async (id) => void (await presence.reap(id)) }),
+        }),
       },
     );
     coap = await startCoapEdge(

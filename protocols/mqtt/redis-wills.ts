@@ -21,6 +21,10 @@
  * Redis server started (the same `run_id` in `iotgate:mqtt:broker-runs`): right after a Redis
  * restart every gateway is still reconnecting. A will is published by whoever deletes its key (one
  * Lua script), so exactly one gateway publishes it.
+ *
+ * The same look serves presence: for every dead broker, `onGone(brokerId)` runs (the gateway's
+ * PresenceService.reap, whose owner id is the broker id) before the broker is taken out of the set;
+ * if it fails, the broker stays in the set and the next pass (here or elsewhere) runs it again.
  */
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
@@ -64,6 +68,11 @@ export interface WillKeeperOptions {
   beatMs?: number;
   /** A broker whose last refresh is older than this is dead (default 10 000 ms). */
   deadAfterMs?: number;
+  /**
+   * Called once per pass for each broker found dead, after its wills and before it is forgotten
+   * (several gateways may call it for the same broker: it must be safe to run twice).
+   */
+  onGone?(brokerId: string): Promise<void>;
 }
 
 function toWill(value: unknown): WillPacket | null {
@@ -241,8 +250,19 @@ export class WillKeeper {
       if (!dead.has(b) && registered.has(b)) continue;
       if (await this.claimAndPublish(key, 'gateway gone')) published++;
     }
-    if (dead.size > 0) await this.redis.multi().zrem(BROKERS_KEY, ...dead).hdel(BROKER_RUNS_KEY, ...dead).exec();
-    for (const b of dead) this.missing.delete(b);
+    // Forgotten only once onGone succeeded: otherwise the next pass (here or elsewhere) runs it again.
+    const done: string[] = [];
+    for (const b of dead) {
+      if (this.stopped) return;
+      try {
+        await this.opts.onGone?.(b);
+        done.push(b);
+      } catch (err) {
+        this.log.warn({ err, broker: b }, 'mqtt will keeper: handling a gateway that is gone failed; retried at the next pass');
+      }
+    }
+    if (done.length > 0) await this.redis.multi().zrem(BROKERS_KEY, ...done).hdel(BROKER_RUNS_KEY, ...done).exec();
+    for (const b of done) this.missing.delete(b);
     if (dead.size > 0 || published > 0) this.log.info({ brokers: [...dead], wills: published }, 'published the wills of gateways that are gone');
   }
 

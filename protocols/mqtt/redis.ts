@@ -91,6 +91,10 @@ export interface RedisBrokerOptions {
   beatMs?: number;
   /** A gateway whose liveness is older than this is dead (default 10 000 ms). */
   deadAfterMs?: number;
+  /** The aedes id (default: a fresh UUID); must be unique per process and never reused. */
+  brokerId?: string;
+  /** Runs for every gateway found dead, before it is forgotten (the presence reaper). */
+  onGatewayGone?: (brokerId: string) => Promise<void>;
 }
 
 /** Waits for `promise` (errors ignored) at most `ms`. */
@@ -118,7 +122,7 @@ function errorLogger(log: Logger, connection: string): (err: Error) => void {
 export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
   return async (ctx): Promise<BrokerState> => {
     const log = ctx.log;
-    const brokerId = randomUUID();
+    const brokerId = opts.brokerId ?? randomUUID();
     // Named, so other gateways see in CLIENT LIST that this process is alive.
     const keeperConn = new Redis(opts.url, { connectionName: CONNECTION_PREFIX + brokerId, lazyConnect: true, commandTimeout: 5000 });
     keeperConn.on('error', errorLogger(log, 'keeper'));
@@ -147,6 +151,7 @@ export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
       log,
       ...(opts.beatMs !== undefined && { beatMs: opts.beatMs }),
       ...(opts.deadAfterMs !== undefined && { deadAfterMs: opts.deadAfterMs }),
+      ...(opts.onGatewayGone && { onGone: opts.onGatewayGone }),
     });
 
     // Messages stored before their PUBACK (beforeAck), by `<brokerId>:<brokerCounter>`: aedes'

@@ -11,21 +11,14 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request as coapRequest, type IncomingMessage } from 'coap';
 import { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
-import { runCli, startGatewayProcess, type GatewayProcess } from '../helpers/cli.js';
-import { loopbackEnv, type TestGateway } from '../helpers/gateway.js';
+import { runCli } from '../helpers/cli.js';
+import { clusterNodes, type ClusterNode as Node } from '../helpers/cluster.js';
+import { loopbackEnv } from '../helpers/gateway.js';
 import { call } from '../helpers/http.js';
 import { assertRefused, closeEvent, connect, deviceLogin, onTopic, openSession, registerDevice, subscribeGranted, withDeadline, type Device, type Inbox } from '../helpers/mqtt.js';
-import { loadCaMaterial, signServiceToken } from '../../src/pki/index.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
-
-interface Node {
-  proc: GatewayProcess;
-  url: string;
-  mqtt: string;
-}
 
 let redis: TestRedis | null = null;
 let certsDir = '';
@@ -35,45 +28,12 @@ let a!: Node;
 let b!: Node;
 let skipped = false;
 
-async function startNode(extra: Record<string, string> = {}): Promise<Node> {
-  const proc = await startGatewayProcess(
-    loopbackEnv(certsDir, {
-      IOTGATE_REDIS_URL: redis!.url,
-      IOTGATE_CERTS_SYNC_INTERVAL_MS: '200',
-      IOTGATE_LIMITS_DEVICE_MESSAGES: '[{"limit":10,"windowMs":60000}]',
-      ...extra,
-    }),
-  );
-  const node: Node = { proc, url: `http://127.0.0.1:${String(proc.ready.http)}`, mqtt: `mqtt://127.0.0.1:${String(proc.ready.mqtt)}` };
-  cleanups.push(() => stopNode(node));
-  return node;
-}
-
-async function stopNode(node: Node): Promise<void> {
-  if (node.proc.child.exitCode !== null || node.proc.child.signalCode !== null) return;
-  node.proc.child.kill('SIGTERM');
-  await node.proc.exited;
-}
-
-async function token(scope: string): Promise<string> {
-  return signServiceToken(await loadCaMaterial(certsDir), { sub: 'cluster-test', scope, ttlSeconds: 600 }).token;
-}
-
-/** registerDevice wants a TestGateway: the URL and a token signer are all it uses. */
-const asGateway = (node: Node) => ({ url: node.url, token: (scope: string) => token(scope) }) as unknown as TestGateway;
-
-/** One CoAP request (CON) with its own agent; the reply code and diagnostic. */
-function coapPost(node: Node, path: string, token: string, body: string): Promise<{ code: string; text: string }> {
-  const agent = new Agent({ type: 'udp4' });
-  const req = coapRequest({ hostname: '127.0.0.1', port: Number(node.proc.ready.coap), method: 'POST', pathname: path, query: `t=${token}`, confirmable: true, agent });
-  req.setOption('Content-Format', 50);
-  const reply = new Promise<{ code: string; text: string }>((resolve, reject) => {
-    req.on('response', (res: IncomingMessage) => resolve({ code: res.code, text: res.payload.toString('utf8') }));
-    req.on('error', reject);
-  });
-  req.end(Buffer.from(body));
-  return withDeadline(reply, 5000, `CoAP POST ${path}`);
-}
+const { startNode, token, asGateway, coapPost, rest } = clusterNodes({
+  redisUrl: () => redis!.url,
+  certsDir: () => certsDir,
+  env: { IOTGATE_LIMITS_DEVICE_MESSAGES: '[{"limit":10,"windowMs":60000}]' },
+  teardown,
+});
 
 /** Polls /readyz (every 50 ms, up to 10 s) until it answers `status`; resolves that answer. */
 function readyzBecomes(node: Node, status: number) {
@@ -92,10 +52,6 @@ function readyzBecomes(node: Node, status: number) {
 
 let seq = 0;
 const uid = (p: string) => `${p}-${process.pid}-${++seq}`;
-
-async function rest(node: Node, method: string, path: string, scope: string, body?: unknown) {
-  return call(node.url, method, path, { token: await token(scope), ...(body !== undefined && { body }) });
-}
 
 async function device(node: Node, id: string): Promise<{ dev: Device; client: MqttClient; inbox: Inbox }> {
   const dev = await registerDevice(asGateway(node), id);

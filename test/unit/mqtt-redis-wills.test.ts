@@ -1,7 +1,8 @@
 /**
  * The will keeper (protocols/mqtt/redis-wills.ts) against a real redis-server, with wills written
  * in aedes-persistence-redis' layout (`will:<broker>:<client>` + the list `will`): which brokers
- * count as dead, and that every will of a dead broker is published exactly once.
+ * count as dead, and that every will of a dead broker is published exactly once; `onGone` (the
+ * presence reaper) runs for every dead broker before it is forgotten, and again until it succeeds.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,7 +24,7 @@ function connection(t: TestContext, redis: TestRedis, name?: string): Redis {
 }
 
 /** A keeper whose wills are JSON (the real one decodes msgpack) and whose publishes are recorded. */
-function keeper(t: TestContext, redis: TestRedis, brokerId: string, opts: { deadAfterMs?: number } = {}) {
+function keeper(t: TestContext, redis: TestRedis, brokerId: string, opts: { deadAfterMs?: number; onGone?: (brokerId: string) => Promise<void> } = {}) {
   const published: string[] = [];
   const k = new WillKeeper({
     redis: connection(t, redis, CONNECTION_PREFIX + brokerId),
@@ -33,6 +34,7 @@ function keeper(t: TestContext, redis: TestRedis, brokerId: string, opts: { dead
     log,
     beatMs: BEAT,
     deadAfterMs: opts.deadAfterMs ?? 60_000,
+    ...(opts.onGone && { onGone: opts.onGone }),
   });
   t.after(() => k.stop());
   return { keeper: k, published };
@@ -132,4 +134,37 @@ test('a device connecting again: its will left by a dead gateway is published fi
   await b.keeper.onConnect('d-live');
   assert.deepEqual(b.published, ['d-back gone'], 'the live gateway publishes its own when it closes the old connection');
   assert.equal(await db.exists(willKey('gw-live', 'd-live')), 1);
+});
+
+test('onGone runs for a dead gateway after its wills and before it is forgotten; a failure leaves it for the next pass', async (t) => {
+  const redis = await startRedis(t);
+  if (!redis) return;
+  const db = connection(t, redis);
+  await db.zadd(BROKERS_KEY, String(Date.now() - 120_000), 'gw-dead');
+  await storeWill(db, 'gw-dead', 'd1');
+  const calls: { brokerId: string; registered: boolean; willsLeft: number }[] = [];
+  let failures = 1;
+  const b = keeper(t, redis, 'gw-b', {
+    onGone: async (brokerId) => {
+      calls.push({ brokerId, registered: (await db.zscore(BROKERS_KEY, brokerId)) !== null, willsLeft: await db.llen('will') });
+      if (failures-- > 0) throw new Error('store down');
+    },
+  });
+  await b.keeper.start(); // its first pass finds gw-dead, and onGone fails
+  await until(() => calls.length === 2, 'onGone again at the next pass');
+  assert.deepEqual(calls, [
+    { brokerId: 'gw-dead', registered: true, willsLeft: 0 },
+    { brokerId: 'gw-dead', registered: true, willsLeft: 0 },
+  ]);
+  assert.deepEqual(b.published, ['d1 gone'], 'the will once');
+  await withDeadline(
+    (async () => {
+      while ((await db.zscore(BROKERS_KEY, 'gw-dead')) !== null) await sleep(10);
+    })(),
+    5000,
+    'the dead gateway to be forgotten once onGone succeeded',
+  );
+  await sleep(3 * BEAT);
+  assert.equal(calls.length, 2, 'and not called again');
+  assert.ok(!calls.some((c) => c.brokerId === 'gw-b'), 'never for itself');
 });
