@@ -65,6 +65,9 @@ export function createRedisStores(url: string, opts: RedisStoresOptions): RedisS
   const log = opts.log;
   const client = new Redis(url, {
     enableAutoPipelining: true,
+    // Already one call per event-loop turn (telemetry.ts). ioredis runs one auto-pipeline at a
+    // time per connection, a turn later: that queued each batch behind the previous reply.
+    autoPipeliningIgnoredCommands: ['iotgateTelemetryAppend'],
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
