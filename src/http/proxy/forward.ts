@@ -2,8 +2,9 @@
  * One exchange with a route's upstreams through @fastify/reply-from (undici): pick a healthy
  * upstream, stream the request to it and its response back, retry an idempotent request without a
  * body on another upstream when the first could not answer, and answer 502/504 problem+json when
- * none could. Bodies are never buffered, except a cacheable response up to the route's
- * maxEntryBytes, which is copied aside while it streams to the caller.
+ * none could. Bodies are streamed, except a response body of at most 16 KiB by its Content-Length
+ * (collected, then sent in one write) and a cacheable response up to the route's maxEntryBytes,
+ * which is copied aside while it streams to the caller.
  *
  * Why our own deadline timer: undici's headersTimeout (passed as `timeout`) starts only once the
  * request is written, so a connection that never opens would wait for the agent's connect timeout;
@@ -32,6 +33,12 @@ const TIMEOUT_CODES = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
   'UND_ERR_BODY_TIMEOUT',
 ]);
+
+/**
+ * A response body declared (Content-Length) at most this long is collected before it is sent;
+ * anything longer, or of unknown length, streams.
+ */
+const SMALL_BODY_BYTES = 16 * 1024;
 
 /** Response headers that a stored copy does not keep (recomputed on every HIT). */
 const NOT_STORED = new Set(['x-request-id', 'x-cache', 'age', 'content-length']);
@@ -218,6 +225,22 @@ export function forward(args: ForwardArgs): FastifyReply {
         reply.send(capture);
         return;
       }
+    }
+    const declared = Number(res.headers['content-length']);
+    if (method === 'GET' && declared <= SMALL_BODY_BYTES) {
+      // Collected and sent as one Buffer: the response goes out in one write, without the pipe
+      // to the socket (Fastify's sendStream, end-of-stream bookkeeping) a streamed body costs.
+      const chunks: Buffer[] = [];
+      res.stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.stream.once('error', (err) => {
+        // Headers are not sent yet, but the upstream's are set on the reply: drop the connection,
+        // as a body that breaks off mid-stream does.
+        if (!finished) reply.raw.destroy(err);
+      });
+      res.stream.once('end', () => {
+        if (!finished) reply.send(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
+      });
+      return;
     }
     reply.send(res.stream);
   };

@@ -12,12 +12,12 @@ import { Readable } from 'node:stream';
 import replyFrom from '@fastify/reply-from';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError } from '../../core/errors.js';
-import { redactUrl } from '../../log.js';
+import { REDACT_PATHS, redactUrl } from '../../log.js';
 import { bypassesCache } from '../../routes/cache-control.js';
 import type { CachedResponse } from '../../routes/cache.js';
 import type { RouteService } from '../../routes/service.js';
 import { rateLimited } from '../rate-limit.js';
-import { authenticateCaller, callerKey, type DoorOptions } from './door.js';
+import { authenticateCaller, callerKey, VerifiedServiceTokens, type DoorOptions } from './door.js';
 import { forward, type CacheTarget, type Exchange } from './forward.js';
 import type { Caller, ForwardInfo } from './headers.js';
 
@@ -38,6 +38,8 @@ function callerLabel(caller: Caller | null): string | null {
 /** A `.` or `..` segment (also percent-encoded) or a backslash could leave the upstream's base path. */
 function unsafePath(path: string): boolean {
   if (path.includes('\\')) return true;
+  // A dot segment needs a '.', an encoded one or an encoded (back)slash a '%': most paths have neither.
+  if (!path.includes('.') && !path.includes('%')) return false;
   for (const segment of path.split('/')) {
     let s: string;
     try {
@@ -63,6 +65,7 @@ function sendCached(reply: FastifyReply, request: FastifyRequest, entry: CachedR
 export async function proxyPlugin(app: FastifyInstance, opts: ProxyPluginOptions): Promise<void> {
   const { service } = opts;
   const log = service.log;
+  const verified = new VerifiedServiceTokens();
 
   // Bodies of proxied requests stay streams (this context only: /v1 keeps its JSON parser).
   app.removeAllContentTypeParsers();
@@ -74,7 +77,12 @@ export async function proxyPlugin(app: FastifyInstance, opts: ProxyPluginOptions
     undici: { connections: CONNECTIONS_PER_ORIGIN, pipelining: 1, connect: { rejectUnauthorized: true, timeout: 10_000 } },
   });
 
-  const accessLogger = app.log;
+  // The access line is a flat object built right here (no headers, no bodies, the path already
+  // through redactUrl), so the root logger's wildcard redaction (`*.key`, `*.*.key` for 11 secret
+  // keys: a walk of every value of every line, 12 % of the gateway's CPU in the proxy benchmark)
+  // has nothing to find in it. This child keeps the literal paths only: same output, same guard
+  // should a secret-named key ever be added to the line.
+  const accessLogger = app.log.child({}, { redact: { paths: REDACT_PATHS.filter((p) => !p.includes('*')), censor: '[Redacted]' } });
   const accessLog = (request: FastifyRequest, reply: FastifyReply, ex: Exchange) => {
     const status = reply.raw.statusCode;
     const aborted = !reply.raw.writableFinished;
@@ -119,7 +127,7 @@ export async function proxyPlugin(app: FastifyInstance, opts: ProxyPluginOptions
 
     let caller: Caller;
     try {
-      caller = await authenticateCaller(request, reply, def, opts);
+      caller = await authenticateCaller(request, reply, def, opts, verified);
     } catch (err) {
       ex.outcome = err instanceof GatewayError ? err.code : 'error';
       throw err;
