@@ -82,14 +82,14 @@ export interface TargetSpec {
   store?: 'memory' | 'redis';
   /** Device credentials the gateway must know. */
   records?: CredentialRecord[];
-  /** More IOTGATE_* keys for iotgate (e.g. IOTGATE_ROUTES). */
+  /** More IOTGATE_* keys for iotgate (e.g. IOTGATE_ROUTES); for bare-proxy, UPSTREAM_URL. */
   env?: Record<string, string>;
   keepSamples?: boolean;
 }
 
 /** Starts the target, runs `fn`, always stops it. */
 export async function withTarget<T>(ctx: BenchContext, spec: TargetSpec, fn: (t: Target) => Promise<T>): Promise<T> {
-  const env = spec.kind === 'iotgate' ? { ...iotgateEnv(ctx, spec.store ?? 'memory'), ...spec.env } : undefined;
+  const env = spec.kind === 'iotgate' ? { ...iotgateEnv(ctx, spec.store ?? 'memory'), ...spec.env } : spec.env;
   const profile = ctx.cpuProfDir !== undefined;
   const target = await Target.start(spec.kind, env, { keepSamples: spec.keepSamples === true, ...(profile && { cpuProfDir: ctx.cpuProfDir }) });
   if (profile) ctx.progress(`    CPU profile of ${spec.kind}: ${ctx.cpuProfDir}/CPU.*.${target.pid}.*.cpuprofile`);

@@ -176,12 +176,12 @@ const proxy: Scenario = {
   async run(ctx, head) {
     // A caller with just the route's scope (not the run's admin token), as a backend service would be.
     const { token } = signServiceToken(ctx.fleet.caMaterial, { sub: 'bench-orders-client', scope: 'devices:read', ttlSeconds: 3600 });
-    const job = (port: number, through: boolean): LoadJob => ({
+    const job = (port: number, through: boolean, credential: string | null = through ? token : null): LoadJob => ({
       kind: 'rest-read',
       host: HOST,
       port,
       // The upstream trusts the gateway's identity headers and takes no credential of its own.
-      token: through ? token : null,
+      token: credential,
       deviceIds: [],
       paths: PROXY_PATHS.map((p) => (through ? PROXY_PREFIX : '/orders') + p),
       connections: 8,
@@ -206,12 +206,27 @@ const proxy: Scenario = {
         });
       },
     );
+    // A reference, not a target: the least any Node.js proxy does on the same path (node:http in and
+    // out, no auth, no logging). A proxy's event loop parses and writes every exchange twice (the
+    // caller's and the upstream's) where the upstream does it once, so this bounds what a
+    // single-process gateway can reach here.
+    ctx.progress('  bare node:http proxy → upstream (reference)');
+    const bare = await withTarget(ctx, { kind: 'upstream' }, (up) =>
+      withTarget(ctx, { kind: 'bare-proxy', env: { UPSTREAM_URL: `http://${HOST}:${up.ports.http ?? 0}/orders` } }, (t) =>
+        measure(ctx, t, job(t.ports.http ?? 0, true, null), ctx.timing, up),
+      ),
+    );
     const row = ratioRow(head, gw, base, 'the upstream directly (node:http, constant ~100-byte JSON)', {
       connections: 8,
       pipelined: 4,
       auth: 'service',
       cache: false,
       ...(gw.companion && { upstreamCpuPct: round(gw.companion.cpuPct), upstreamRssMB: round(gw.companion.peakRssMB) }),
+      gatewayCpuUsPerReq: gw.rate > 0 ? round((gw.cpuPct * 10_000) / gw.rate, 0) : null,
+      bareProxy: round(bare.rate, 0),
+      bareProxyRatio: base.rate > 0 ? round(bare.rate / base.rate, 3) : null,
+      bareProxyCpuPct: round(bare.cpuPct),
+      bareProxyCpuUsPerReq: bare.rate > 0 ? round((bare.cpuPct * 10_000) / bare.rate, 0) : null,
     });
     judged(row, (row.ratio ?? 0) >= 0.7);
     return row;

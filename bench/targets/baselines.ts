@@ -3,7 +3,7 @@
  * these packages costs is measured against them.
  */
 import { createSocket } from 'node:dgram';
-import { createServer as createHttpServer } from 'node:http';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { createServer as createTcpServer, type AddressInfo, type Server } from 'node:net';
 import { Aedes } from 'aedes';
 import { createServer as createCoapServer } from 'coap';
@@ -105,6 +105,40 @@ export async function startUpstream(): Promise<RunningTarget> {
     info: { server: 'node:http upstream' },
     stop: () =>
       new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/**
+ * The least a Node.js reverse proxy does, as a reference for the proxy scenario: a node:http
+ * server forwarding every request to `upstreamUrl` over keep-alive node:http connections (128 at
+ * most) and piping the response back. No auth, no logging, no metrics, no header policy.
+ */
+export async function startBareProxy(upstreamUrl: string): Promise<RunningTarget> {
+  const up = new URL(upstreamUrl);
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 128 });
+  const server = createHttpServer((req, res) => {
+    // The route prefix (/api/orders) is replaced by the upstream's base path, as the route does.
+    const rest = (req.url ?? '/').replace(/^\/[^/]+\/[^/?]+/, '');
+    const out = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: up.pathname + rest, headers: { 'x-forwarded-for': req.socket.remoteAddress ?? '' }, agent }, (upRes) => {
+      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+      upRes.pipe(res);
+    });
+    out.on('error', () => {
+      if (!res.headersSent) res.writeHead(502);
+      res.end();
+    });
+    req.pipe(out);
+  });
+  await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+  return {
+    ports: { http: (server.address() as AddressInfo).port },
+    info: { server: 'node:http proxy' },
+    stop: () =>
+      new Promise<void>((resolve) => {
+        agent.destroy();
         server.close(() => resolve());
         server.closeAllConnections();
       }),

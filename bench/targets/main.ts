@@ -6,7 +6,7 @@
  */
 import { serveParent } from '../lib/ipc.js';
 import { selfStats } from '../lib/proc-stats.js';
-import { startBareAedes, startBareCoap, startBareFastify, startUpstream } from './baselines.js';
+import { startBareAedes, startBareCoap, startBareFastify, startBareProxy, startUpstream } from './baselines.js';
 import { startIotgate } from './iotgate.js';
 import type { RunningTarget, TargetRequest, TargetResponse } from './protocol.js';
 
@@ -25,7 +25,9 @@ async function handle(req: TargetRequest): Promise<TargetResponse> {
               ? await startBareCoap()
               : req.kind === 'upstream'
                 ? await startUpstream()
-                : await startIotgate(req.env ?? {});
+                : req.kind === 'bare-proxy'
+                  ? await startBareProxy(req.env?.UPSTREAM_URL ?? '')
+                  : await startIotgate(req.env ?? {});
       return { op: 'started', ports: running.ports, info: running.info };
     }
     case 'provision':
