@@ -156,6 +156,9 @@ export function forward(args: ForwardArgs): FastifyReply {
   reply.raw.once('close', () => {
     finished = true;
     stopTimer();
+    // The caller left before an answer: whatever the attempt in flight does later (an error, a
+    // timeout) is not the upstream's failure and must not take it out of service.
+    current = null;
     for (const lease of open) lease.release();
     open.clear();
   });
