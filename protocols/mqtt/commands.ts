@@ -110,7 +110,13 @@ export function attachCommandBridge(opts: {
 
   const onSubscribe = (subs: Subscription[], client: Client) => {
     const deviceId = deviceOf(client);
-    if (deviceId !== null) track(client, deviceId, subs);
+    if (deviceId === null) return;
+    // aedes handles packets as soon as the CONNACK is written, before its `clientReady` (it first
+    // replays a persistent session's queue, which with Redis takes a round trip): a SUBSCRIBE
+    // right after the CONNACK comes before the session table knows the device, and delivering
+    // now would find it unreachable. Its commands go out once the connection is ready.
+    if (client.connected) track(client, deviceId, subs);
+    else client.once('connected', () => track(client, deviceId, subs));
   };
   const onUnsubscribe = (filters: string[], client: Client) => {
     const s = state.get(client);

@@ -16,7 +16,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import type { MqttClient } from 'mqtt';
+import mqtt, { type MqttClient } from 'mqtt';
 import { loadConfig } from '../../src/config/load.js';
 import { buildGateway, type Gateway } from '../../src/gateway.js';
 import { createLogger } from '../../src/log.js';
@@ -375,4 +375,45 @@ test('commands on the Redis persistence: delivered on PUBACK, and after a restar
     5000,
     'the command delivered (PUBACK seen through the Redis persistence)',
   );
+});
+
+test('a SUBSCRIBE that overtakes aedes\u2019 replay of a persistent session\u2019s queue still gets the queued command', async (t) => {
+  const teardown = stack(t);
+  const redis = await redisOn(t, teardown);
+  if (!redis) return;
+  const gw = await build(teardown, { IOTGATE_REDIS_URL: redis.url, IOTGATE_LOG_LEVEL: 'info' });
+  const d = await provision(gw.url, await gw.token('provision'), uid('early-sub'));
+  const url = `mqtt://127.0.0.1:${gw.ports.mqtt}`;
+  const commands = `devices/${d.id}/commands/+`;
+  const delta = `devices/${d.id}/shadow/update/delta`;
+  const first = await openSession(t, url, { ...deviceLogin(d), clean: false });
+  await subscribeGranted(first.client, [commands, delta], 1);
+  first.client.end(true);
+  await closeEvent(first.client);
+
+  // While it is away, deltas queue up in its session (aedes replays them one Redis write each at
+  // the reconnect, after the CONNACK and before its `clientReady`), and a command waits.
+  const shadowJwt = await gw.token('shadow:write');
+  for (let n = 0; n < 150; n++) {
+    const res = await fetch(`${gw.url}/v1/devices/${d.id}/shadow`, {
+      method: 'PATCH',
+      headers: { authorization: `Bearer ${shadowJwt}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ state: { desired: { n } } }),
+    });
+    assert.equal(res.status, 200);
+  }
+  const res = await fetch(`${gw.url}/v1/devices/${d.id}/commands`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${await gw.token('commands:send')}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'reboot', wait: false }),
+  });
+  assert.equal(res.status, 202);
+  const { id } = (await res.json()) as { id: string };
+
+  // Back, subscribing again in the same turn as the CONNACK arrives (during the replay).
+  const client = mqtt.connect(url, { ...deviceLogin(d), clean: false, reconnectPeriod: 0 });
+  teardown.after(() => client.end(true));
+  const got = new Promise<void>((resolve) => client.on('message', (topic) => topic === `devices/${d.id}/commands/${id}` && resolve()));
+  client.once('connect', () => client.subscribe(commands, { qos: 1 }));
+  await withDeadline(got, 10_000, 'the queued command');
 });
