@@ -9,6 +9,7 @@ import type { Registry } from 'prom-client';
 import { randomUUID } from 'node:crypto';
 import type { DeviceService } from '../core/devices.js';
 import type { RateRefusal } from '../core/rate-limit.js';
+import { AccessLogController } from './plugins/access-log.js';
 import { authPlugin } from './plugins/auth.js';
 import { errorsPlugin } from './plugins/errors.js';
 import { openapiPlugin } from './plugins/openapi.js';
@@ -60,6 +61,8 @@ export async function buildHttpApp(deps: HttpAppDeps): Promise<FastifyInstance> 
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 256 },
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    // One access line per request instead of Fastify's two (plugins/access-log.ts).
+    logController: new AccessLogController(deps.log),
   });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);

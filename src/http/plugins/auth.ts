@@ -5,11 +5,19 @@
  */
 import fp from 'fastify-plugin';
 import fastifyJwt from '@fastify/jwt';
-import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
+import type {
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  HookHandlerDoneFunction,
+  onRequestAsyncHookHandler,
+  onRequestHookHandler,
+} from 'fastify';
 import { GatewayError } from '../../core/errors.js';
 import type { Scope } from '../../core/model.js';
 import type { RateRefusal } from '../../core/rate-limit.js';
 import { rateLimited } from '../rate-limit.js';
+import { VerifiedServiceTokens, verifyServiceToken } from '../verified-tokens.js';
 
 export interface ServiceUser {
   sub: string;
@@ -26,7 +34,7 @@ declare module '@fastify/jwt' {
 declare module 'fastify' {
   interface FastifyInstance {
     /** onRequest hook: a service JWT that grants `scope` (or `admin`). */
-    requireScope(scope: Scope): onRequestAsyncHookHandler;
+    requireScope(scope: Scope): onRequestHookHandler;
     /** onRequest hook: `Authorization: Bearer <device token>` of the device named by `:id`. */
     requireDevice: onRequestAsyncHookHandler;
   }
@@ -62,23 +70,39 @@ export const authPlugin = fp<AuthOptions>(
       },
     });
 
-    app.decorate('requireScope', (scope: Scope): onRequestAsyncHookHandler => {
-      return async (request: FastifyRequest, reply: FastifyReply) => {
+    // Tokens that passed the full check below, trusted again without jwtVerify() (same bounds as
+    // fast-jwt's cache: exp and 60 s). One per app: this gateway's key only.
+    const verified = new VerifiedServiceTokens();
+
+    /** The scope and the per-subject limit, checked on every request (cached token or not). */
+    const authorize = (reply: FastifyReply, user: ServiceUser, scope: Scope): Error | undefined => {
+      if (!hasScope(user, scope)) {
+        return new GatewayError('forbidden', `this route needs scope "${scope}"`, { details: { requiredScope: scope } });
+      }
+      const refusal = opts.limitService?.(user.sub) ?? null;
+      return refusal ? rateLimited(reply, refusal) : undefined;
+    };
+
+    // A callback hook, not an async one: a known token is checked synchronously, without a
+    // promise and a microtask per request; an unknown one goes through verifyService.
+    app.decorate('requireScope', (scope: Scope): onRequestHookHandler => {
+      return (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => {
         const header = request.headers.authorization;
         if (header === undefined || !BEARER.test(header)) {
-          throw new GatewayError('unauthorized', 'a bearer token is required (Authorization: Bearer <service JWT>)');
+          done(new GatewayError('unauthorized', 'a bearer token is required (Authorization: Bearer <service JWT>)'));
+          return;
         }
-        try {
-          await request.jwtVerify();
-        } catch {
-          throw new GatewayError('unauthorized', 'the bearer token is invalid, expired or not issued by this gateway');
+        const token = header.slice(7);
+        const hit = verified.get(token);
+        if (hit !== null) {
+          request.user = hit.user;
+          done(authorize(reply, hit.user, scope));
+          return;
         }
-        if (request.user.sub === '') throw new GatewayError('unauthorized', 'the bearer token has no subject');
-        if (!hasScope(request.user, scope)) {
-          throw new GatewayError('forbidden', `this route needs scope "${scope}"`, { details: { requiredScope: scope } });
-        }
-        const refusal = opts.limitService?.(request.user.sub) ?? null;
-        if (refusal) throw rateLimited(reply, refusal);
+        verifyServiceToken(request, token, verified).then(
+          ({ user }) => done(authorize(reply, user, scope)),
+          (err: Error) => done(err),
+        );
       };
     });
 

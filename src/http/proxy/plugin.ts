@@ -17,7 +17,8 @@ import { bypassesCache } from '../../routes/cache-control.js';
 import type { CachedResponse } from '../../routes/cache.js';
 import type { RouteService } from '../../routes/service.js';
 import { rateLimited } from '../rate-limit.js';
-import { authenticateCaller, callerKey, VerifiedServiceTokens, type DoorOptions } from './door.js';
+import { VerifiedServiceTokens } from '../verified-tokens.js';
+import { authenticateCaller, callerKey, type DoorOptions } from './door.js';
 import { forward, type CacheTarget, type Exchange } from './forward.js';
 import type { Caller, ForwardInfo } from './headers.js';
 

@@ -1,11 +1,11 @@
 /**
- * The proxy door's cache of verified service JWTs (src/http/proxy/door.ts): a token is trusted
+ * The cache of verified service JWTs (src/http/verified-tokens.ts, used by the REST auth plugin and the proxy door): a token is trusted
  * without a new check only until its `exp` and at most 60 s, an expired token is never kept, and
  * the cache holds at most 1000 tokens (the oldest goes first).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VerifiedServiceTokens } from '../../src/http/proxy/door.js';
+import { VerifiedServiceTokens } from '../../src/http/verified-tokens.js';
 import type { ServiceUser } from '../../src/http/plugins/auth.js';
 
 const user = (sub: string): ServiceUser => ({ sub, scopes: new Set(['telemetry:read', 'admin']) });
