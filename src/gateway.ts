@@ -21,6 +21,7 @@ import { LocalEventLog, type EventLog } from './core/event-log.js';
 import { PresenceService } from './core/presence.js';
 import { selectStores, type StoreOverrides } from './gateway-stores.js';
 import { ClusterLink } from './cluster/link.js';
+import { RedisCredentialLedger } from './stores/redis/ledger.js';
 import { CommandService } from './core/command-service.js';
 import { ShadowService } from './core/shadow-service.js';
 import { FirmwareService } from './core/firmware.js';
@@ -83,11 +84,16 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   if (created.created) log.info({ certsDir }, 'created a dev CA, server certificate and token secrets (first start)');
   const material = await loadCaMaterial(certsDir);
   const ca = new PkiAuthority(material, { deviceCertDays: config.certs.deviceCertDays });
-  const ledger = new FileCredentialLedger(certsDir, material);
 
   // Contract §1: with redis.url every piece of state lives in Redis, shared by every gateway on it.
   const stores = selectStores(config, deps, log);
   const { redis, limiter, registry } = stores;
+  // The CA database too: gateways on other hosts see every revocation (docs/redis.md). The CRL stays
+  // a local file that each gateway signs with its own copy of the CA key (ledger.rebuildCrl).
+  const ledger =
+    redis === null
+      ? new FileCredentialLedger(certsDir, material)
+      : new RedisCredentialLedger(redis.client, redis.keys, { certsDir, material, log: log.child({ module: 'ledger' }) });
   const bus = new EventBus();
   // Before anything can emit: every bus event becomes a CloudEvent once, for SSE and webhooks.
   const events = new EventHub(bus, { bufferSize: config.events.bufferSize, log: log.child({ module: 'events' }) });
@@ -272,6 +278,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       // The state is there: nothing is served before Redis answers (it reconnects by itself later).
       await redis.ready();
       await cluster?.start();
+      // Switching a deployment to Redis: its file records are imported once (logged with the count).
+      if (ledger instanceof RedisCredentialLedger && config.redis.url !== undefined) await ledger.importFileLedger(config.redis.url);
     }
     credentials.start(config.certs.syncIntervalMs);
     await credentials.ready;

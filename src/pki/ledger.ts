@@ -23,8 +23,8 @@ function isStringOrNull(v: unknown): v is string | null {
   return v === null || typeof v === 'string';
 }
 
-/** Structural check of a parsed ledger file. */
-function isCredentialRecord(v: unknown): v is CredentialRecord {
+/** Structural check of a parsed ledger file (and of what `put` accepts, in every ledger). */
+export function isCredentialRecord(v: unknown): v is CredentialRecord {
   if (typeof v !== 'object' || v === null) return false;
   const r = v as Record<string, unknown>;
   return (
@@ -51,8 +51,27 @@ function parseRecord(text: string, name: string): CredentialRecord {
   return parsed;
 }
 
-function union(a: readonly string[], b: readonly string[]): string[] {
+/** The revoked serials of a record: `a` then `b`, normalised, each once (every ledger's rule). */
+export function unionSerials(a: readonly string[], b: readonly string[]): string[] {
   return [...new Set([...a, ...b].map(normalizeSerial))];
+}
+const union = unionSerials;
+
+/**
+ * Signs a CRL of every serial revoked in `records` and writes it to `<certsDir>/ca.crl`. Older
+ * serials of a re-provisioned device were revoked before its current issuance (`issuedAt`).
+ */
+export async function writeCrlFile(
+  certsDir: string,
+  material: Pick<CaMaterial, 'caCertPem' | 'caKeyPem'>,
+  records: readonly CredentialRecord[],
+): Promise<void> {
+  const entries: RevokedEntry[] = [];
+  for (const r of records) {
+    const at = r.revokedAt ?? r.issuedAt;
+    for (const serial of r.revokedSerials) entries.push({ serial, revokedAt: at });
+  }
+  await writePublicFile(join(certsDir, CA_FILES.crl), await buildCrl(material, entries));
 }
 
 /**
@@ -103,13 +122,7 @@ export class FileCredentialLedger implements CredentialLedger {
   }
 
   async #writeCrl(): Promise<void> {
-    const entries: RevokedEntry[] = [];
-    for (const r of await this.list()) {
-      // Older serials of a re-provisioned device were revoked before its current issuance.
-      const at = r.revokedAt ?? r.issuedAt;
-      for (const serial of r.revokedSerials) entries.push({ serial, revokedAt: at });
-    }
-    await writePublicFile(join(this.#certsDir, CA_FILES.crl), await buildCrl(this.#material, entries));
+    await writeCrlFile(this.#certsDir, this.#material, await this.list());
   }
 
   /** Rewrites `ca.crl` from every revoked serial in the ledger (e.g. after ensureCa recreated it). */

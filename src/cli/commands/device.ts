@@ -1,7 +1,8 @@
 /**
- * `iotgate device provision|revoke|list|show`. Provision and revoke write the CA database in the
- * certs dir, which a running gateway follows (so both work with and without one). List and show ask
- * the running gateway (it knows online state); without one they read the CA database.
+ * `iotgate device provision|revoke|list|show`. Provision and revoke write the CA database (the
+ * files in the certs dir, or Redis when the config has `redis.url`), which every running gateway
+ * follows (so both work with and without one). List and show ask the running gateway (it knows
+ * online state); without one they read the CA database.
  */
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -20,13 +21,66 @@ import {
   writeSecretFile,
   type CaMaterial,
 } from '../../pki/index.js';
+import type { CredentialLedger } from '../../core/ports.js';
+import { createRedisStores } from '../../stores/redis/index.js';
+import { LEDGER_REDIS_MARKER, RedisCredentialLedger, redactUrl, redisLedgerMarker } from '../../stores/redis/ledger.js';
 import { CliError, cliConfig, gatewayUrl, print, type GlobalOptions } from '../context.js';
 
-/** Opens the CA; only provisioning may create one (a mistyped certs dir must not get a new CA). */
-async function openCa(config: Config, create = false): Promise<{ material: CaMaterial; ledger: FileCredentialLedger }> {
-  if (create) await ensureCa(config.certs.dir, { hostnames: [...config.certs.hostnames] });
-  const material = await loadCaMaterial(config.certs.dir);
-  return { material, ledger: new FileCredentialLedger(config.certs.dir, material) };
+/** How long the CLI waits for Redis before it gives up. */
+const REDIS_CONNECT_MS = 5000;
+
+interface OpenCa {
+  material: CaMaterial;
+  ledger: CredentialLedger;
+  /** Closes the Redis connection (nothing for the file ledger). */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the CA; only provisioning without Redis may create one (a mistyped certs dir must not get a
+ * new CA). The CA database is Redis when the config has `redis.url`, else the files in the certs dir; a certs
+ * dir whose database moved to Redis (a gateway left the marker) is refused without `redis.url`,
+ * since no gateway would see what the CLI writes there.
+ */
+async function openCa(config: Config, create = false): Promise<OpenCa> {
+  const certsDir = config.certs.dir;
+  const url = config.redis.url;
+  if (url === undefined) {
+    const marker = await redisLedgerMarker(certsDir);
+    if (marker !== null) {
+      let where = 'Redis';
+      try {
+        where = (JSON.parse(marker) as { url?: string }).url ?? where;
+      } catch {
+        // an unreadable marker still means Redis
+      }
+      throw new CliError(
+        `the CA database of ${certsDir} is in Redis (${where}): set IOTGATE_REDIS_URL (or redis.url), or delete ${join(certsDir, LEDGER_REDIS_MARKER)} if this deployment went back to files`,
+      );
+    }
+  }
+  // With Redis the fleet's CA must be here already (a copy): a new one would not match the fleet's.
+  if (create && url === undefined) await ensureCa(certsDir, { hostnames: [...config.certs.hostnames] });
+  const material = await loadCaMaterial(certsDir);
+  if (url === undefined) return { material, ledger: new FileCredentialLedger(certsDir, material), close: async () => undefined };
+  const stores = createRedisStores(url, { historyMax: config.commands.historyMax, telemetry: config.telemetry });
+  try {
+    await stores.ready(REDIS_CONNECT_MS);
+  } catch (e) {
+    await stores.close();
+    throw new CliError(`cannot reach Redis at ${redactUrl(url)}: ${(e as Error).message}`);
+  }
+  return { material, ledger: new RedisCredentialLedger(stores.client, stores.keys, { certsDir, material }), close: () => stores.close() };
+}
+
+/** Runs `fn` with the opened CA and closes it afterwards. */
+async function withCa<T>(config: Config, create: boolean, fn: (ca: OpenCa) => Promise<T>): Promise<T> {
+  const ca = await openCa(config, create);
+  try {
+    return await fn(ca);
+  } finally {
+    await ca.close();
+  }
 }
 
 export async function deviceProvision(
@@ -36,12 +90,14 @@ export async function deviceProvision(
   const config = cliConfig(opts);
   const keyType = opts.keyType ?? 'rsa';
   if (keyType !== 'rsa' && keyType !== 'ec') throw new CliError(`--key-type ${JSON.stringify(keyType)}: expected rsa or ec`, 2);
-  const { material, ledger } = await openCa(config, true);
   const types = listDeviceTypes(config.schemas.dir || BUNDLED_SCHEMAS_DIR);
-  const result = await provisionDevice(
-    { ca: new PkiAuthority(material, { deviceCertDays: config.certs.deviceCertDays }), ledger, isKnownType: (t) => types.has(t) },
-    { id, type: opts.type ?? 'generic', keyType },
-  );
+  const { material, result } = await withCa(config, true, async ({ material, ledger }) => ({
+    material,
+    result: await provisionDevice(
+      { ca: new PkiAuthority(material, { deviceCertDays: config.certs.deviceCertDays }), ledger, isKnownType: (t) => types.has(t) },
+      { id, type: opts.type ?? 'generic', keyType },
+    ),
+  }));
   const out = resolve(opts.out ?? '.');
   await mkdir(out, { recursive: true });
   const files = { key: join(out, `${id}.key`), cert: join(out, `${id}.crt`), ca: join(out, 'ca.crt') };
@@ -72,16 +128,19 @@ export async function deviceProvision(
 export async function deviceRevoke(id: string, opts: GlobalOptions): Promise<void> {
   const config = cliConfig(opts);
   checkDeviceId(id);
-  const { ledger } = await openCa(config);
-  const existing = await ledger.get(id);
-  if (!existing) throw new CliError(`device ${id} is not known`);
-  if (existing.revokedAt !== null) {
-    print(opts, { id, revoked: true, revokedAt: new Date(existing.revokedAt).toISOString(), already: true }, `${id} was already revoked`);
-    return;
-  }
-  const revoked = await ledger.revoke(id, Date.now());
-  const at = new Date(revoked?.revokedAt ?? Date.now()).toISOString();
-  print(opts, { id, revoked: true, revokedAt: at, serial: existing.serial }, `revoked ${id} (serial ${existing.serial ?? '-'}) at ${at}`);
+  await withCa(config, false, async ({ ledger }) => {
+    const existing = await ledger.get(id);
+    if (!existing) throw new CliError(`device ${id} is not known`);
+    if (existing.revokedAt !== null) {
+      print(opts, { id, revoked: true, revokedAt: new Date(existing.revokedAt).toISOString(), already: true }, `${id} was already revoked`);
+      return;
+    }
+    const revoked = await ledger.revoke(id, Date.now());
+    // The file ledger rewrote ca.crl; with Redis every gateway signs its own, and so does the CLI here.
+    if (ledger instanceof RedisCredentialLedger) await ledger.rebuildCrl();
+    const at = new Date(revoked?.revokedAt ?? Date.now()).toISOString();
+    print(opts, { id, revoked: true, revokedAt: at, serial: existing.serial }, `revoked ${id} (serial ${existing.serial ?? '-'}) at ${at}`);
+  });
 }
 
 /** The contract's device record (§8), from the gateway, or from the CA database when none runs. */
@@ -141,7 +200,10 @@ const HEADER = ['ID', 'TYPE', 'STATUS', 'PROTOCOL', 'LAST SEEN', 'CERT SERIAL', 
 
 export async function deviceList(opts: GlobalOptions): Promise<void> {
   const config = cliConfig(opts);
-  const { material, ledger } = await openCa(config);
+  await withCa(config, false, ({ material, ledger }) => listDevices(config, opts, material, ledger));
+}
+
+async function listDevices(config: Config, opts: GlobalOptions, material: CaMaterial, ledger: CredentialLedger): Promise<void> {
   let devices: Listed[] | null = null;
   let cursor: string | null = null;
   const all: Listed[] = [];
@@ -168,7 +230,10 @@ export async function deviceList(opts: GlobalOptions): Promise<void> {
 export async function deviceShow(id: string, opts: GlobalOptions): Promise<void> {
   const config = cliConfig(opts);
   checkDeviceId(id);
-  const { material, ledger } = await openCa(config);
+  await withCa(config, false, ({ material, ledger }) => showDevice(config, opts, material, ledger, id));
+}
+
+async function showDevice(config: Config, opts: GlobalOptions, material: CaMaterial, ledger: CredentialLedger, id: string): Promise<void> {
   const answer = await askGateway<DeviceRecord>(config, opts, material, `/v1/devices/${encodeURIComponent(id)}`);
   let device: Listed | null = null;
   if (answer?.status === 200) device = listed(answer.body);

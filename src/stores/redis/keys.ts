@@ -61,6 +61,26 @@ export class RedisKeys {
     return `${this.tag(id)}:telemetry`;
   }
 
+  /** HASH: the device's credential record (CA database), one field per property (docs/redis.md). */
+  credential(id: string): string {
+    return `${this.tag(id)}:credential`;
+  }
+
+  /** ZSET (all scores 0, lexicographic order): every id with a credential record. Fleet-wide. */
+  credentialIndex(): string {
+    return `${this.prefix}credentials`;
+  }
+
+  /** STREAM: one entry (field `id`) per credential write, what watchers poll; capped (MAXLEN ~). Fleet-wide. */
+  credentialLog(): string {
+    return `${this.prefix}credentials:log`;
+  }
+
+  /** STRING: the import of a certs dir's file ledger (a lock while it runs, then done). Fleet-wide. */
+  credentialImport(): string {
+    return `${this.prefix}credentials:import`;
+  }
+
   /** STRING counter of one fixed, window-aligned rate slot. */
   rate(key: string, unit: string, limit: number, windowMs: number, slotStart: number): string {
     return `${this.tag(key)}:rate:${unit}:${limit}/${windowMs}:${slotStart}`;
