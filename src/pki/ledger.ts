@@ -195,9 +195,6 @@ export class FileCredentialLedger implements CredentialLedger {
     const files = new Map<string, { sig: string; mtimeMs: number; text: string }>();
     let lastSeq: string | undefined;
     let lastScanAt = 0;
-    let delivered = false;
-    let busy = false;
-    let stopped = false;
 
     const scan = async (): Promise<{ changed: CredentialRecord[]; complete: boolean }> => {
       const startedAt = Date.now();
@@ -230,34 +227,54 @@ export class FileCredentialLedger implements CredentialLedger {
       return { changed, complete };
     };
 
-    const tick = async (): Promise<void> => {
-      if (busy || stopped) return;
-      busy = true;
-      try {
-        const seq = await readFile(this.#seqPath, 'utf8').catch(() => '');
-        if (delivered && seq === lastSeq) return;
-        const { changed, complete } = await scan();
-        if (complete) lastSeq = seq;
-        if (stopped || (delivered && changed.length === 0)) return;
-        delivered = true;
-        try {
-          onChange(changed);
-        } catch {
-          // The watcher's owner handles its own errors; a throwing callback must not stop polling.
-        }
-      } catch {
-        // Unreadable dir or seq file: try again on the next tick.
-      } finally {
-        busy = false;
-      }
-    };
-
-    setImmediate(() => void tick());
-    const timer = setInterval(() => void tick(), Math.max(10, intervalMs));
-    timer.unref();
-    return () => {
-      stopped = true;
-      clearInterval(timer);
-    };
+    return pollLedger(intervalMs, onChange, async () => {
+      const seq = await readFile(this.#seqPath, 'utf8').catch(() => '');
+      if (lastSeq !== undefined && seq === lastSeq) return [];
+      const { changed, complete } = await scan();
+      if (complete) lastSeq = seq;
+      return changed;
+    });
   }
+}
+
+/**
+ * The polling behind CredentialLedger.watch, for every ledger: `read` now and every `intervalMs`
+ * (never two at once). The first read is delivered even when empty, later ones only when they
+ * found changes; a throwing `read` (unreadable files, Redis down) is retried at the next tick and
+ * shown to `onError`; a throwing `onChange` never stops the polling. Returns the stop function.
+ */
+export function pollLedger(
+  intervalMs: number,
+  onChange: (changed: CredentialRecord[]) => void,
+  read: () => Promise<CredentialRecord[]>,
+  onError?: (err: unknown) => void,
+): () => void {
+  let delivered = false;
+  let busy = false;
+  let stopped = false;
+  const tick = async (): Promise<void> => {
+    if (busy || stopped) return;
+    busy = true;
+    try {
+      const changed = await read();
+      if (stopped || (delivered && changed.length === 0)) return;
+      delivered = true;
+      try {
+        onChange(changed);
+      } catch {
+        // The watcher's owner handles its own errors; a throwing callback must not stop polling.
+      }
+    } catch (err) {
+      onError?.(err);
+    } finally {
+      busy = false;
+    }
+  };
+  setImmediate(() => void tick());
+  const timer = setInterval(() => void tick(), Math.max(10, intervalMs));
+  timer.unref();
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+  };
 }

@@ -1,10 +1,11 @@
 /** Test helpers for the PKI tests: temp dirs, a shared CA, and an openssl runner. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TestContext } from 'node:test';
+import { after, before, type TestContext } from 'node:test';
+import { CA_FILES, initCa, loadCaMaterial, type CaMaterial } from '../../src/pki/index.js';
 import { requireTool } from './tools.js';
 
 /** A fresh temp dir; the caller removes it (see `tempDir` and `removeDir`). */
@@ -62,4 +63,30 @@ export async function withDeadline<T>(promise: Promise<T>, ms: number, what: str
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * One CA for the tests of a file: created in `before`, removed in `after`. `certsDir(t)` is a
+ * certs dir of a test's own holding a copy of it (so that ledgers do not see each other's records).
+ */
+export function suiteCa(): { material(): CaMaterial; certsDir(t: TestContext): Promise<string> } {
+  let dir = '';
+  let material: CaMaterial | undefined;
+  before(async () => {
+    dir = await newTempDir();
+    await initCa(dir);
+    material = await loadCaMaterial(dir);
+  });
+  after(() => removeDir(dir));
+  return {
+    material() {
+      if (!material) throw new Error('suiteCa: the CA is not created yet (use it inside a test)');
+      return material;
+    },
+    async certsDir(t) {
+      const copy = await tempDir(t);
+      for (const f of Object.values(CA_FILES)) await writeFile(join(copy, f), await readFile(join(dir, f)));
+      return copy;
+    },
+  };
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { CredentialRecord } from '../../src/core/model.js';
 import {
   CA_FILES,
@@ -9,37 +9,21 @@ import {
   LEDGER_DEVICES_DIR,
   LEDGER_SEQ_FILE,
   PkiAuthority,
-  initCa,
-  loadCaMaterial,
-  type CaMaterial,
 } from '../../src/pki/index.js';
 import { x509 } from '../../src/pki/x509.js';
-import { needOpenssl, newTempDir, openssl, removeDir, tempDir, withDeadline } from '../helpers/pki.js';
+import { needOpenssl, openssl, suiteCa, withDeadline } from '../helpers/pki.js';
 
-let caDir = '';
-let material: CaMaterial;
-
-before(async () => {
-  caDir = await newTempDir();
-  await initCa(caDir);
-  material = await loadCaMaterial(caDir);
-});
-after(() => removeDir(caDir));
+const suite = suiteCa();
 
 function record(id: string, over: Partial<CredentialRecord> = {}): CredentialRecord {
   return { id, type: 'generic', serial: null, notAfter: null, tokenId: 't0', issuedAt: 1000, revokedAt: null, revokedSerials: [], ...over };
 }
 
-/** A certs dir of its own (copy of the shared CA) so that ledgers do not see each other's records. */
-async function certsDir(t: Parameters<typeof tempDir>[0]): Promise<string> {
-  const dir = await tempDir(t);
-  for (const f of Object.values(CA_FILES)) await writeFile(join(dir, f), await readFile(join(caDir, f)));
-  return dir;
-}
+const certsDir = (t: Parameters<typeof suite.certsDir>[0]): Promise<string> => suite.certsDir(t);
 
 test('put, get and list; files are 0600 and the sequence file moves', async (t) => {
   const dir = await certsDir(t);
-  const ledger = new FileCredentialLedger(dir, material);
+  const ledger = new FileCredentialLedger(dir, suite.material());
   assert.equal(await ledger.get('nobody'), null);
   assert.deepEqual(await ledger.list(), []);
   await ledger.put(record('b:2'));
@@ -59,8 +43,8 @@ test('put, get and list; files are 0600 and the sequence file moves', async (t) 
 
 test('revoke writes the CRL; openssl -crl_check reports the certificate revoked', async (t) => {
   const dir = await certsDir(t);
-  const ledger = new FileCredentialLedger(dir, material);
-  const ca = new PkiAuthority(material);
+  const ledger = new FileCredentialLedger(dir, suite.material());
+  const ca = new PkiAuthority(suite.material());
   const issued = await ca.issueWithKey({ id: 'dev-1', type: 'generic' }, { keyType: 'ec' });
   const keep = await ca.issueWithKey({ id: 'dev-2', type: 'generic' }, { keyType: 'ec' });
   await ledger.put(record('dev-1', { serial: issued.serial, notAfter: issued.notAfter }));
@@ -74,7 +58,7 @@ test('revoke writes the CRL; openssl -crl_check reports the certificate revoked'
 
   const crlPem = await readFile(join(dir, CA_FILES.crl), 'utf8');
   const crl = new x509.X509Crl(crlPem);
-  assert.ok(await crl.verify({ publicKey: new x509.X509Certificate(material.caCertPem) }));
+  assert.ok(await crl.verify({ publicKey: new x509.X509Certificate(suite.material().caCertPem) }));
   assert.equal(crl.entries.length, 1);
   assert.ok(crl.findRevoked(issued.serial.toLowerCase()));
   assert.equal(crl.findRevoked(keep.serial.toLowerCase()), null);
@@ -104,8 +88,8 @@ test('revoke writes the CRL; openssl -crl_check reports the certificate revoked'
 
 test('watch delivers everything first, then what another process writes', async (t) => {
   const dir = await certsDir(t);
-  const gateway = new FileCredentialLedger(dir, material);
-  const cli = new FileCredentialLedger(dir, material);
+  const gateway = new FileCredentialLedger(dir, suite.material());
+  const cli = new FileCredentialLedger(dir, suite.material());
   await cli.put(record('early'));
 
   const batches: CredentialRecord[][] = [];
@@ -144,7 +128,7 @@ test('watch delivers everything first, then what another process writes', async 
 
 test('watch survives unreadable files and a throwing callback', async (t) => {
   const dir = await certsDir(t);
-  const ledger = new FileCredentialLedger(dir, material);
+  const ledger = new FileCredentialLedger(dir, suite.material());
   await ledger.put(record('ok-1'));
   await writeFile(join(dir, LEDGER_DEVICES_DIR, 'broken.json'), '{"id": "bro');
 

@@ -27,7 +27,7 @@ import { isDeviceId, type CredentialRecord } from '../../core/model.js';
 import type { CredentialLedger } from '../../core/ports.js';
 import type { CaMaterial } from '../../pki/ca.js';
 import { writePublicFile } from '../../pki/files.js';
-import { FileCredentialLedger, isCredentialRecord, unionSerials, writeCrlFile } from '../../pki/ledger.js';
+import { FileCredentialLedger, isCredentialRecord, pollLedger, unionSerials, writeCrlFile } from '../../pki/ledger.js';
 import { normalizeSerial } from '../../pki/x509.js';
 import { storeError } from './errors.js';
 import type { RedisKeys } from './keys.js';
@@ -326,9 +326,6 @@ export class RedisCredentialLedger implements CredentialLedger {
     const log = this.#opts.log;
     let cursor: string | null = null;
     let lastFull = 0;
-    let delivered = false;
-    let busy = false;
-    let stopped = false;
     let failing = false;
     let lastWarn = 0;
 
@@ -378,38 +375,23 @@ export class RedisCredentialLedger implements CredentialLedger {
       return diff(records.filter((r): r is CredentialRecord => r !== null));
     };
 
-    const tick = async (): Promise<void> => {
-      if (busy || stopped) return;
-      busy = true;
-      try {
+    return pollLedger(
+      intervalMs,
+      onChange,
+      async () => {
         const changed = cursor === null || Date.now() - lastFull >= this.#resyncMs ? await full() : await incremental();
         if (failing) log?.info('reading the credential ledger from Redis works again');
         failing = false;
-        if (stopped || (delivered && changed.length === 0)) return;
-        delivered = true;
-        try {
-          onChange(changed);
-        } catch {
-          // The watcher's owner handles its own errors; a throwing callback must not stop polling.
-        }
-      } catch (err) {
+        return changed;
+      },
+      (err) => {
         failing = true;
         const now = Date.now();
         if (now - lastWarn >= 10_000) {
           lastWarn = now;
           log?.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not read the credential ledger from Redis; retrying');
         }
-      } finally {
-        busy = false;
-      }
-    };
-
-    setImmediate(() => void tick());
-    const timer = setInterval(() => void tick(), Math.max(10, intervalMs));
-    timer.unref();
-    return () => {
-      stopped = true;
-      clearInterval(timer);
-    };
+      },
+    );
   }
 }
