@@ -14,8 +14,12 @@ export interface CredentialEvents {
   issued: [record: CredentialRecord];
 }
 
+/** Device tokens whose MAC verified, remembered by their text (see verifiedMac). */
+const VERIFIED_TOKENS_MAX = 50_000;
+
 export class CredentialIndex extends EventEmitter<CredentialEvents> {
   private readonly records = new Map<string, CredentialRecord>();
+  private readonly verifiedTokens = new Map<string, { deviceId: string; tokenId: string }>();
   private stopWatch: (() => void) | null = null;
   private readyResolve: (() => void) | null = null;
   /** Resolves once the first full read of the ledger is applied. */
@@ -67,11 +71,27 @@ export class CredentialIndex extends EventEmitter<CredentialEvents> {
 
   /** The device id a token authenticates, or null (bad MAC, unknown, superseded or revoked). */
   authenticateToken(token: string): string | null {
-    const parsed = this.ca.parseDeviceToken(token);
+    const parsed = this.verifiedMac(token);
     if (!parsed) return null;
     const record = this.records.get(parsed.deviceId);
     if (!record || record.revokedAt !== null || record.tokenId !== parsed.tokenId) return null;
     return parsed.deviceId;
+  }
+
+  /**
+   * The token's fields once its MAC verified. Tokens that verified are remembered by their exact
+   * text (at most VERIFIED_TOKENS_MAX, the oldest forgotten first): the HMAC on every CoAP request
+   * was 9.7 % of the gateway's CPU in the coap-telemetry benchmark. Only the MAC is remembered; the
+   * record (revoked? superseded?) is checked on every call, and a token that fails is never kept.
+   */
+  private verifiedMac(token: string): { deviceId: string; tokenId: string } | null {
+    const known = this.verifiedTokens.get(token);
+    if (known) return known;
+    const parsed = this.ca.parseDeviceToken(token);
+    if (!parsed) return null;
+    if (this.verifiedTokens.size >= VERIFIED_TOKENS_MAX) this.verifiedTokens.delete(this.verifiedTokens.keys().next().value as string);
+    this.verifiedTokens.set(token, parsed);
+    return parsed;
   }
 
   /**
