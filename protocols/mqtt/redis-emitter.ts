@@ -12,6 +12,11 @@
  * PUBLISH, one msgpack encode and decode and one dedup-cache lookup per message and gateway (the
  * largest share of the gateway's CPU in the Redis benchmark, docs/performance.md).
  *
+ * A gateway alone on its Redis sends nothing: it forwards while the will keeper sees another live
+ * gateway (`peers`), or for 10 s after a frame from another gateway arrived. A starting gateway
+ * announces itself with an empty frame and waits for it to come back before its listeners open,
+ * so the others forward to it from then on, not only from their next keeper pass.
+ *
  * Delivery to other gateways is at most once, as with any Redis pub/sub (and mqemitter-redis):
  * a frame published while another gateway's subscriber reconnects is lost for it. Messages for
  * offline persistent sessions do not depend on it: they are stored in Redis before the PUBACK
@@ -24,6 +29,9 @@ import mqemitter from 'mqemitter';
 import type { Logger } from 'pino';
 
 export const BUS_CHANNEL = 'iotgate:mqtt:bus';
+
+/** How long a frame from another gateway keeps this one forwarding without the keeper's word. */
+const PEER_GRACE_MS = 10_000;
 
 /** A frame is sent once it holds this many bytes of payload, or at the end of the turn. */
 const FRAME_BYTES = 512 * 1024;
@@ -55,6 +63,8 @@ export interface RedisBusEmitterOptions {
   url: string;
   /** This gateway's broker id (unique per process): frames starting with it are its own. */
   brokerId: string;
+  /** Whether another gateway is alive (the will keeper's view); absent: always forward. */
+  peers?: () => boolean;
   channel?: string;
   log?: Logger;
 }
@@ -79,11 +89,31 @@ export function redisBusEmitter(opts: RedisBusEmitterOptions): RedisBusEmitter {
   };
   pubConn.on('error', onError);
   subConn.on('error', onError);
-  // ioredis subscribes again by itself after a reconnect.
-  const subscribed = subConn.subscribe(channel).then(() => undefined);
+  /** When a frame of another gateway last arrived (epoch ms). */
+  let foreignAt = 0;
+  let helloBack: (() => void) | null = null;
+  // ioredis subscribes again by itself after a reconnect. Ready once our own announcement came
+  // back (the others have it too), or after 2 s without it (the keeper tells them soon anyway).
+  const subscribed = subConn.subscribe(channel).then(
+    () =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 2000);
+        timer.unref();
+        helloBack = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        pubConn.publish(channel, origin).catch(() => undefined);
+      }),
+  );
   subscribed.catch(() => undefined);
   subConn.on('messageBuffer', (_channel: Buffer, frame: Buffer) => {
-    if (frame.length >= origin.length && frame.compare(origin, 0, origin.length, 0, origin.length) === 0) return;
+    if (frame.length >= origin.length && frame.compare(origin, 0, origin.length, 0, origin.length) === 0) {
+      if (frame.length === origin.length) helloBack?.();
+      return;
+    }
+    foreignAt = Date.now();
+    decideAt = 0;
     const packets: Packet[] = [];
     try {
       for (let at = frame.indexOf(10) + 1; at < frame.length; ) {
@@ -106,6 +136,17 @@ export function redisBusEmitter(opts: RedisBusEmitterOptions): RedisBusEmitter {
   let batchBytes = 0;
   let scheduled = false;
   let closed = false;
+  /** Whether messages go to other gateways, decided again every 100 ms (and at once on a foreign frame). */
+  let forwarding = true;
+  let decideAt = 0;
+  const forwardingNow = (): boolean => {
+    const now = Date.now();
+    if (now >= decideAt) {
+      forwarding = opts.peers === undefined || opts.peers() || now - foreignAt < PEER_GRACE_MS;
+      decideAt = now + 100;
+    }
+    return forwarding;
+  };
   const flush = () => {
     scheduled = false;
     if (messages === 0) return;
@@ -127,7 +168,7 @@ export function redisBusEmitter(opts: RedisBusEmitterOptions): RedisBusEmitter {
 
   local.emit = (packet: Packet, done?: Done) => {
     localEmit(packet, done);
-    if (closed) return;
+    if (closed || !forwardingNow()) return;
     let encoded: Buffer;
     try {
       encoded = msgpack.encode(packet);

@@ -135,6 +135,13 @@ export class WillKeeper {
     this.timer.unref();
   }
 
+  /** Whether another broker looked alive at the last look. */
+  othersAlive(): boolean {
+    const now = Date.now();
+    for (const [id, at] of this.brokers) if (id !== this.brokerId && !this.isDead(id, at, now)) return true;
+    return false;
+  }
+
   /** Whether `brokerId` looked alive at the last look (this broker always is). */
   isLive(brokerId: string): boolean {
     if (brokerId === this.brokerId) return true;

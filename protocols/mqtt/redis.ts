@@ -136,7 +136,8 @@ export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
     const db = new LegacyRedisClient(opts.url, {});
     db.on('error', errorLogger(log, 'persistence'));
     const persistence = createRedisPersistence({ conn: db, maxSessionDelivery: Math.max(1000, ctx.offlineQueueMax) });
-    const mq = redisBusEmitter({ url: opts.url, brokerId, log });
+    // Forwards to the other gateways only while there are any (the keeper below knows).
+    const mq = redisBusEmitter({ url: opts.url, brokerId, log, peers: () => keeper.othersAlive() });
 
     let aedesRef: Aedes | null = null;
     const keeper = new WillKeeper({
@@ -275,6 +276,8 @@ export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
         aedesRef = aedes;
         aedes.on('clientDisconnect', onDisconnect);
         await keeper.start();
+        // Announced on the bus before any listener opens: the others forward to this gateway now.
+        await mq.ready();
         log.info({ brokerId }, 'mqtt: sessions, retained messages and wills in redis');
       },
       beforeClose(aedes) {

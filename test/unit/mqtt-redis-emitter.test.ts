@@ -13,8 +13,8 @@ import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 const log = pino({ level: 'silent' });
 
-function emitter(t: TestContext, redis: TestRedis, brokerId: string): RedisBusEmitter {
-  const mq = redisBusEmitter({ url: redis.url, brokerId, log });
+function emitter(t: TestContext, redis: TestRedis, brokerId: string, peers?: () => boolean): RedisBusEmitter {
+  const mq = redisBusEmitter({ url: redis.url, brokerId, log, ...(peers && { peers }) });
   t.after(() => new Promise<void>((resolve) => mq.close(resolve)));
   return mq;
 }
@@ -79,4 +79,25 @@ test('while Redis is down, messages still reach local subscribers and the rest i
   assert.equal(local.length, 10);
   await until('the messages counted as dropped', () => a.stats.messagesDropped === 10);
   assert.equal(a.stats.messagesSent, 0);
+});
+
+test('a gateway alone sends nothing; one that starts announces itself and is forwarded to at once', async (t) => {
+  const redis = await startRedis(t);
+  if (!redis) return;
+  // The keeper of each sees no other live gateway (as right after B's start, before A's next pass).
+  const a = emitter(t, redis, 'gw-a', () => false);
+  await a.ready();
+  const onA = collect(a, 'devices/+/telemetry');
+  a.emit({ topic: 'devices/d1/telemetry', payload: Buffer.from('alone') });
+  assert.equal(onA.length, 1, 'local subscribers still get it');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(a.stats.framesSent, 0, 'nobody to forward to');
+
+  const b = emitter(t, redis, 'gw-b', () => false);
+  await b.ready();
+  await until('A to hear B announce itself', () => a.stats.framesReceived === 1);
+  const onB = collect(b, 'devices/+/telemetry');
+  a.emit({ topic: 'devices/d1/telemetry', payload: Buffer.from('hello-b') });
+  await until('B to get what A publishes now', () => onB.some((m) => m.payload === 'hello-b'));
+  assert.ok(a.stats.framesSent > 0);
 });
