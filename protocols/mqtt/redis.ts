@@ -264,6 +264,9 @@ export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
         let subs = (await persistence.subscriptionsByTopic(p.topic)) as (Sub & { topic: string })[];
         // As aedes does: `$SYS/...` never goes to `#` or `+/...` subscriptions.
         if (p.topic.startsWith('$SYS/')) subs = subs.filter((s) => !s.topic.startsWith('#') && !s.topic.startsWith('+'));
+        // No persistent subscriber: nothing to store, and aedes' own step after the PUBACK finds
+        // the same (or stores for one that subscribed meanwhile).
+        if (subs.length === 0) return;
         await persistence.outgoingEnqueueCombi(subs, p);
         remember(early.enqueued, key);
       },

@@ -21,6 +21,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { CloudEvent } from '../core/cloudevents.js';
 import type { EventHub, HubEntry } from '../core/event-hub.js';
+import { jsonOnce } from '../core/json-once.js';
 import { defineScripts } from '../stores/redis/scripts.js';
 import { BoundedQueue } from './delivery.js';
 
@@ -56,7 +57,7 @@ export function streamFields(event: CloudEvent): string[] {
     'subject', event.subject ?? '',
     'time', event.time,
     'datacontenttype', event.datacontenttype,
-    'data', JSON.stringify(event.data) ?? 'null',
+    'data', jsonOnce(event.data),
   ];
 }
 
@@ -80,7 +81,7 @@ declare module 'ioredis' {
 }
 
 function pushEventArgs(args: string[], event: CloudEvent): void {
-  args.push(event.id, event.type, event.source, event.subject ?? '', event.time, JSON.stringify(event.data) ?? 'null');
+  args.push(event.id, event.type, event.source, event.subject ?? '', event.time, jsonOnce(event.data));
 }
 
 /** A stream entry's fields (the flat `[name, value, ...]` of XRANGE / XREADGROUP) as a CloudEvent. */

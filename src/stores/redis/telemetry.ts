@@ -12,6 +12,7 @@ import type { ClientContext, Redis, Result } from 'ioredis';
 import type { TelemetryQuery, TelemetryStore } from '../../core/ports.js';
 import type { TelemetryRecord } from '../../core/model.js';
 import type { RedisKeys } from './keys.js';
+import { jsonOnce } from '../../core/json-once.js';
 import { storeError } from './errors.js';
 import { defineScripts } from './scripts.js';
 
@@ -83,7 +84,7 @@ export class RedisTelemetryStore implements TelemetryStore {
         key: this.keys.telemetry(record.deviceId),
         receivedAt: String(at),
         minId: String(Math.max(0, at - this.retention.retentionMs)),
-        json: JSON.stringify(record),
+        json: jsonOnce(record),
         resolve,
         reject,
       });
