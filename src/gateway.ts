@@ -2,8 +2,6 @@
  * buildGateway(config) → { start, stop, addresses }: wires config, logging, PKI, stores, core
  * services and every door (REST, MQTT, CoAP). Tests call this; main.ts adds signals and exit codes.
  */
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { Config } from './config/schema.js';
@@ -14,20 +12,18 @@ import { CredentialIndex } from './core/credentials.js';
 import { DeviceService } from './core/devices.js';
 import { EventBus } from './core/events.js';
 import { EventHub } from './core/event-hub.js';
-import { WebhookDispatcher } from './upstream/webhooks.js';
-import { RedisEventStream } from './upstream/redis-stream.js';
-import { RedisEventLog } from './upstream/redis-event-log.js';
-import { LocalEventLog, type EventLog } from './core/event-log.js';
+import type { WebhookDispatcher } from './upstream/webhooks.js';
+import { eventOutputs } from './gateway-events.js';
 import { PresenceService } from './core/presence.js';
 import { selectStores, type StoreOverrides } from './gateway-stores.js';
 import { ClusterLink } from './cluster/link.js';
-import { RedisCredentialLedger } from './stores/redis/ledger.js';
+import { gatewayLedger } from './gateway-ledger.js';
 import { CommandService } from './core/command-service.js';
 import { ShadowService } from './core/shadow-service.js';
 import { FirmwareService } from './core/firmware.js';
 import { TelemetryService } from './core/telemetry.js';
 import { telemetryCounters } from './telemetry-metrics.js';
-import { ensureCa, loadCaMaterial, PkiAuthority, FileCredentialLedger, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions, CA_FILES } from './pki/index.js';
+import { ensureCa, loadCaMaterial, PkiAuthority, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions } from './pki/index.js';
 import { buildHttpApp } from './http/app.js';
 import { RouteService } from './routes/service.js';
 import type { ComponentStatus } from './http/routes/health.js';
@@ -36,7 +32,6 @@ import { redisBrokerState } from '../protocols/mqtt/redis.js';
 import { startCoapEdge, type CoapEdge } from '../protocols/coap/server.js';
 import { startCoapsEdge, type CoapsEdge } from '../protocols/coap/dtls.js';
 
-const CRL_REFRESH_MS = 24 * 3600 * 1000;
 /** How long stop() lets in-flight HTTP requests finish before it cuts the remaining sockets. */
 const HTTP_CLOSE_GRACE_MS = 5_000;
 
@@ -88,12 +83,9 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   // Contract §1: with redis.url every piece of state lives in Redis, shared by every gateway on it.
   const stores = selectStores(config, deps, log);
   const { redis, limiter, registry } = stores;
-  // The CA database too: gateways on other hosts see every revocation (docs/redis.md). The CRL stays
-  // a local file that each gateway signs with its own copy of the CA key (ledger.rebuildCrl).
-  const ledger =
-    redis === null
-      ? new FileCredentialLedger(certsDir, material)
-      : new RedisCredentialLedger(redis.client, redis.keys, { certsDir, material, log: log.child({ module: 'ledger' }) });
+  // The CA database too (files, or Redis), and the CRL each gateway signs for its TLS listeners.
+  const caDatabase = gatewayLedger(config, certsDir, material, redis, log);
+  const { ledger } = caDatabase;
   const bus = new EventBus();
   // Before anything can emit: every bus event becomes a CloudEvent once, for SSE and webhooks.
   const events = new EventHub(bus, { bufferSize: config.events.bufferSize, log: log.child({ module: 'events' }) });
@@ -119,17 +111,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
   const routes = new RouteService({ routes: config.routes, redisUrl: config.redis.url, log: log.child({ module: 'routes' }), registry: metrics });
-  const webhooks = new WebhookDispatcher({ hub: events, upstreams: config.upstreams, log: log.child({ module: 'webhooks' }), metrics });
-  // Contract §9: with Redis, every event also goes to the stream `iotgate:events`.
-  const eventStream =
-    config.redis.url === undefined
-      ? null
-      : new RedisEventStream({ hub: events, url: config.redis.url, maxLen: config.events.streamMaxLen, log: log.child({ module: 'event-stream' }), metrics });
-  // SSE reads the fleet's stream when there is one (resume on any gateway), else this hub.
-  const eventLog: EventLog =
-    redis === null || config.redis.url === undefined
-      ? new LocalEventLog(events)
-      : new RedisEventLog({ client: redis.client, url: config.redis.url, bufferSize: config.events.bufferSize, log: log.child({ module: 'event-log' }) });
+  const { webhooks, eventLog, ...outputs } = eventOutputs(config, events, redis, log, metrics);
   const telemetryStore = stores.telemetry;
   const telemetry = new TelemetryService({
     decoderFor: (type) => schemas.get(type),
@@ -195,7 +177,6 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     },
   });
 
-
   let state: 'built' | 'starting' | 'running' | 'stopping' | 'stopped' = 'built';
   let mqtt: MqttEdge | null = null;
   let coap: CoapEdge | null = null;
@@ -248,28 +229,13 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   });
 
   const mqttLog = log.child({ module: 'mqtt' });
-  const crlPath = join(certsDir, CA_FILES.crl);
-  const reloadCrl = () =>
-    readFile(crlPath, 'utf8')
-      .then((crl) => mqtt?.updateCrl(crl))
-      .catch((err: unknown) => log.error({ err }, 'could not reload the CRL'));
   credentials.on('revoked', (record) => {
     const closed = mqtt?.broker.disconnectDevice(record.id, 'revoked') ?? 0;
     if (closed > 0) mqttLog.info({ deviceId: record.id, sessions: closed }, 'closed sessions of a revoked device');
     // Its DTLS sessions end too; a new handshake is refused (the PSK and certificate checks read the index).
     coaps?.dropDevice(record.id, 'revoked');
-    // Re-signing from the whole CA database (not just re-reading ca.crl) heals a CRL that two
-    // processes revoking at the same moment could have written without each other's serial.
-    void refreshCrl();
+    caDatabase.refreshCrl();
   });
-  // The CRL is valid for 7 days; re-sign it daily so TLS never sees an expired one, and at start
-  // so a lost ca.crl is rebuilt from the CA database.
-  let crlTimer: NodeJS.Timeout | null = null;
-  const refreshCrl = () =>
-    ledger
-      .rebuildCrl()
-      .then(reloadCrl)
-      .catch((err: unknown) => log.error({ err }, 'could not re-sign the CRL'));
 
   async function start(): Promise<Addresses> {
     if (state !== 'built') throw new Error(`gateway cannot start: it is ${state}`);
@@ -278,8 +244,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       // The state is there: nothing is served before Redis answers (it reconnects by itself later).
       await redis.ready();
       await cluster?.start();
-      // Switching a deployment to Redis: its file records are imported once (logged with the count).
-      if (ledger instanceof RedisCredentialLedger && config.redis.url !== undefined) await ledger.importFileLedger(config.redis.url);
+      await caDatabase.importFiles();
     }
     credentials.start(config.certs.syncIntervalMs);
     await credentials.ready;
@@ -287,9 +252,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
 
     const host = config.host;
     const httpAddress = await http.listen({ host, port: config.http.port });
-    await ledger.rebuildCrl();
-    const crlPem = await readFile(crlPath, 'utf8');
-    crlTimer = setInterval(() => void refreshCrl(), CRL_REFRESH_MS).unref();
+    const crlPem = await caDatabase.start((crl) => mqtt?.updateCrl(crl));
     mqtt = await startMqttEdge(
       {
         log: mqttLog,
@@ -393,7 +356,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       const wasRunning = state === 'running' || state === 'starting';
       state = 'stopping';
       credentials.stop();
-      if (crlTimer) clearInterval(crlTimer);
+      caDatabase.stop();
       // Waiting command requests get their answer (503) before HTTP stops taking requests.
       commands.close();
       // Stop accepting first, then close sessions and in-flight HTTP requests.
@@ -403,9 +366,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
       // After the CoAP edge: its final Observe notifications (5.03) still go out over DTLS.
       await coaps?.close();
       firmware.close();
-      await webhooks.close();
-      await eventLog.close();
-      await eventStream?.close();
+      await outputs.close();
       events.close();
       await presence.close();
       await telemetryStore.close();

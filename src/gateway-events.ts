@@ -1,0 +1,43 @@
+/**
+ * Part of the composition root (with gateway.ts): where the hub's CloudEvents go (contract §9).
+ * Webhooks always; with `redis.url` also the Redis Stream `iotgate:events`, which the SSE route
+ * then reads (every gateway's events, resumable on any gateway); without Redis SSE follows this
+ * gateway's hub.
+ */
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { Config } from './config/schema.js';
+import type { EventHub } from './core/event-hub.js';
+import { LocalEventLog, type EventLog } from './core/event-log.js';
+import type { RedisStores } from './stores/redis/index.js';
+import { RedisEventLog } from './upstream/redis-event-log.js';
+import { RedisEventStream } from './upstream/redis-stream.js';
+import { WebhookDispatcher } from './upstream/webhooks.js';
+
+export interface EventOutputs {
+  webhooks: WebhookDispatcher;
+  /** What the SSE route reads. */
+  eventLog: EventLog;
+  /** Stops reading and writing, delivering what is buffered within each output's own deadline. */
+  close(): Promise<void>;
+}
+
+export function eventOutputs(config: Config, hub: EventHub, redis: RedisStores | null, log: Logger, metrics: Registry): EventOutputs {
+  const webhooks = new WebhookDispatcher({ hub, upstreams: config.upstreams, log: log.child({ module: 'webhooks' }), metrics });
+  const url = config.redis.url;
+  const stream =
+    url === undefined ? null : new RedisEventStream({ hub, url, maxLen: config.events.streamMaxLen, log: log.child({ module: 'event-stream' }), metrics });
+  const eventLog: EventLog =
+    redis === null || url === undefined
+      ? new LocalEventLog(hub)
+      : new RedisEventLog({ client: redis.client, url, bufferSize: config.events.bufferSize, log: log.child({ module: 'event-log' }) });
+  return {
+    webhooks,
+    eventLog,
+    async close() {
+      await webhooks.close();
+      await eventLog.close();
+      await stream?.close();
+    },
+  };
+}
