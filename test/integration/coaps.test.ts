@@ -16,7 +16,7 @@ import { createSocket } from 'node:dgram';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dtlsAddonPath } from '../../protocols/coap/dtls.js';
+import { dtlsAddonPath } from '../../protocols/coap/dtls-native.js';
 import { call } from '../helpers/http.js';
 import { suiteGateway, type TestGateway } from '../helpers/gateway.js';
 import { registerDevice, type Device } from '../helpers/mqtt.js';
