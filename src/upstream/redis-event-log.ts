@@ -21,6 +21,7 @@
  */
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import type { CloudEvent } from '../core/cloudevents.js';
 import { EventHub, matchesFilter, type EventFilter } from '../core/event-hub.js';
 import { badEventId, gapFrame, type EventLog, type EventLogReader, type SseSend } from '../core/event-log.js';
 import { storeError } from '../stores/redis/errors.js';
@@ -193,6 +194,14 @@ export class RedisEventLog implements EventLog {
       if (cursor !== undefined) return { hub, cursor };
       let entries: Entry[];
       try {
+        // Trimmed while this client was being fed (MAXLEN ~ moves on): say so, then go on from the first entry.
+        const first = (await this.client.xrange(this.key, '-', '+', 'COUNT', 1)) as Entry[];
+        const head = first[0]?.[0];
+        if (head !== undefined && compareStreamIds(after, previousStreamId(head)) < 0) {
+          if (!(await send(gapFrame(after, previousStreamId(head), 'expired')))) return null;
+          after = previousStreamId(head);
+          continue;
+        }
         // Never past what the reader has published: the ring takes over from there, so no entry is sent twice.
         entries = (await this.client.xrange(this.key, `(${after}`, feed.lastId, 'COUNT', this.page)) as Entry[];
       } catch (err) {
@@ -200,12 +209,20 @@ export class RedisEventLog implements EventLog {
         return null;
       }
       if (entries.length === 0) {
-        // The entries between `after` and the ring were trimmed meanwhile: continue from the ring.
+        // The entries between `after` and the ring are gone: say so, and continue from the ring.
+        const oldest = hub.entryAt(hub.oldestSeq);
+        if (oldest !== undefined && !(await send(gapFrame(after, previousStreamId(oldest.id), 'expired')))) return null;
         return { hub, cursor: hub.oldestSeq - 1 };
       }
       for (const [id, fields] of entries) {
         after = id;
-        const event = eventFromFields(fields);
+        let event: CloudEvent;
+        try {
+          event = eventFromFields(fields);
+        } catch (err) {
+          this.log?.warn({ err: (err as Error).message, id }, 'SSE resume: an event stream entry is not a CloudEvent; skipped');
+          continue;
+        }
         if (!matchesFilter(filter, event)) continue;
         if (!(await send(`id: ${id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`))) return null;
       }
@@ -221,6 +238,7 @@ export class RedisEventLog implements EventLog {
         resolve(ok);
       };
       const timer = setTimeout(() => done(false), this.blockMs + 3000);
+      timer.unref();
       const unsubscribe = feed.hub.subscribe({}, (_seq, _event, entry) => {
         if (compareStreamIds(entry.id, id) >= 0) done(true);
       });

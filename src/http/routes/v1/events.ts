@@ -255,7 +255,13 @@ export const eventRoutes: FastifyPluginAsyncZod<EventRoutesOptions> = async (app
       });
       res.write(': iotgate events\n\n');
       replaying.add(res);
-      const start = await reader.replay(filter, sender(res)).finally(() => replaying.delete(res));
+      const start = await reader
+        .replay(filter, sender(res))
+        .catch((err: unknown) => {
+          request.log.warn({ err }, 'SSE resume failed; ending the response');
+          return null;
+        })
+        .finally(() => replaying.delete(res));
       if (start === null || res.destroyed || res.writableEnded) {
         reader.release();
         if (!res.writableEnded) res.end();
