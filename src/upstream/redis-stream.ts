@@ -64,19 +64,20 @@ export function streamFields(event: CloudEvent): string[] {
 /**
  * One XADD per event of a batch, in one call (one command to build and parse instead of one per
  * event): ARGV = MAXLEN, then per event id, type, source, subject, time, data; the fields are
- * those of `streamFields`.
+ * those of `streamFields`. Each XADD is a pcall: the reply holds per event 1 or the error text, so
+ * a refusal never aborts the batch half-way (which would write its first part again).
  */
-const APPEND_EVENTS = `local n = 0
+const APPEND_EVENTS = `local out = {}
 for i = 2, #ARGV, 6 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'specversion', '1.0', 'id', ARGV[i], 'type', ARGV[i + 1],
+  local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'specversion', '1.0', 'id', ARGV[i], 'type', ARGV[i + 1],
     'source', ARGV[i + 2], 'subject', ARGV[i + 3], 'time', ARGV[i + 4], 'datacontenttype', 'application/json', 'data', ARGV[i + 5])
-  n = n + 1
+  if type(added) == 'table' and added.err then out[#out + 1] = added.err else out[#out + 1] = 1 end
 end
-return n`;
+return out`;
 
 declare module 'ioredis' {
   interface RedisCommander<Context extends ClientContext = { type: 'default' }> {
-    iotgateEventsAppend(key: string, ...args: string[]): Result<number, Context>;
+    iotgateEventsAppend(key: string, ...args: string[]): Result<(number | string)[], Context>;
   }
 }
 
@@ -263,30 +264,35 @@ export class RedisEventStream {
     }
   }
 
-  /** Writes the batch in one script call; keeps it for a retry when that failed. Resolves false when something must be retried. */
+  /** Writes the batch in one script call; keeps what failed for a retry. Resolves false when something must be retried. */
   private async write(): Promise<boolean> {
     const args: string[] = [this.maxLen];
     for (const { entry } of this.batch) pushEventArgs(args, entry.event);
+    let results: (number | string)[];
     try {
-      await this.redis.iotgateEventsAppend(this.key, ...args);
+      results = await this.redis.iotgateEventsAppend(this.key, ...args);
     } catch (err) {
+      // The connection (or the script call itself) failed: nothing of the batch is known to be
+      // written; it is written again, for as long as it takes.
       this.metrics?.errors.inc();
-      // A connection error is retried for as long as it takes; a refusal (wrong type, out of
-      // memory) a few times only. A script that failed half-way is written again whole: readers
-      // deduplicate by the CloudEvent id.
-      if ((err as Error).name === 'ReplyError') {
-        for (const item of this.batch) item.attempts++;
-        const dropped = this.batch.filter((item) => item.attempts >= MAX_ATTEMPTS_ON_REPLY_ERROR);
-        for (const item of dropped) this.drop(item.entry, 'rejected', (err as Error).message);
-        this.batch = this.batch.filter((item) => item.attempts < MAX_ATTEMPTS_ON_REPLY_ERROR);
-      } else {
-        this.log?.debug({ err, events: this.batch.length }, 'event stream: write failed; will retry');
-      }
-      return this.batch.length === 0;
+      this.log?.debug({ err, events: this.batch.length }, 'event stream: write failed; will retry');
+      return false;
     }
-    this.writtenCount += this.batch.length;
-    this.metrics?.written.inc(this.batch.length);
-    this.batch = [];
-    return true;
+    const again: typeof this.batch = [];
+    this.batch.forEach((item, i) => {
+      const r = results[i];
+      if (r === 1) {
+        this.writtenCount++;
+        this.metrics?.written.inc();
+        return;
+      }
+      // Redis refused this entry (out of memory, a key of the wrong type): a few tries only.
+      item.attempts++;
+      if (item.attempts >= MAX_ATTEMPTS_ON_REPLY_ERROR) this.drop(item.entry, 'rejected', String(r ?? 'no reply'));
+      else again.push(item);
+    });
+    if (again.length > 0) this.metrics?.errors.inc();
+    this.batch = again;
+    return again.length === 0;
   }
 }

@@ -32,6 +32,25 @@ if (env) {
       assert.equal(await a.telemetry.latest('dev-1'), null);
     });
 
+    it('one refused record of a batch fails alone: the others of the same turn are stored and resolve', async () => {
+      const keys = new RedisKeys(`x${++n}:`);
+      const s = new RedisTelemetryStore(shared.client, keys, retention);
+      // A key of the wrong type: XADD (and its fallback) are refused for that device only.
+      await shared.client.set(keys.telemetry('broken'), 'not a stream');
+      const now = Date.now();
+      const [good, bad, alsoGood] = await Promise.allSettled([
+        s.append(record('ok-1', now, { i: 1 })),
+        s.append(record('broken', now, { i: 2 })),
+        s.append(record('ok-2', now, { i: 3 })),
+      ]);
+      assert.equal(good.status, 'fulfilled');
+      assert.equal(alsoGood.status, 'fulfilled');
+      assert.equal(bad.status, 'rejected');
+      assert.match(String((bad as PromiseRejectedResult).reason), /WRONGTYPE/);
+      assert.deepEqual((await s.latest('ok-1'))?.data, { i: 1 });
+      assert.deepEqual((await s.latest('ok-2'))?.data, { i: 3 });
+    });
+
     it('keeps appends whose receivedAt is older than the newest (clocks of two gateways)', async () => {
       const s = new RedisTelemetryStore(shared.client, new RedisKeys(`x${++n}:`), retention);
       const now = Date.now();

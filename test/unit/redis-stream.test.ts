@@ -65,3 +65,20 @@ test('while Redis is down the buffer stays bounded (oldest dropped and counted);
   assert.deepEqual(ids.slice(-MAX_BUFFER), Array.from({ length: MAX_BUFFER }, (_, k) => `e-${200 - MAX_BUFFER + 1 + k}`), 'the newest events kept');
   assert.equal(sink.counts.written, 1 + waiting);
 });
+
+test('an entry Redis refuses is tried a few times and dropped as rejected, without holding back the stream', async (t) => {
+  const redis = await startRedis(t);
+  if (!redis) return;
+  const hub = new EventHub(null, { bufferSize: 1000 });
+  const metrics = new Registry();
+  const admin = new Redis(redis.url);
+  t.after(() => admin.disconnect());
+  // A key of the wrong type: every XADD to it is refused (WRONGTYPE).
+  await admin.set('not-a-stream', 'x');
+  const sink = new RedisEventStream({ hub, url: redis.url, key: 'not-a-stream', maxLen: 100, metrics, closeTimeoutMs: 500 });
+  t.after(() => sink.close());
+  for (let i = 0; i < 3; i++) hub.emit('iotgate.telemetry', 'd-1', { id: `r-${i}`, deviceId: 'd-1', n: i });
+  await withDeadline(sink.idle(), 10_000, 'the refused events given up');
+  assert.deepEqual(sink.counts, { written: 0, dropped: 3 });
+  assert.match(await metrics.metrics(), /iotgate_event_stream_dropped_total\{reason="rejected"\} 3\b/);
+});

@@ -18,7 +18,7 @@ import { defineScripts } from './scripts.js';
 
 declare module 'ioredis' {
   interface RedisCommander<Context extends ClientContext = { type: 'default' }> {
-    iotgateTelemetryAppend(numberOfKeys: number, ...keysAndArgs: string[]): Result<number, Context>;
+    iotgateTelemetryAppend(numberOfKeys: number, ...keysAndArgs: string[]): Result<(number | string)[], Context>;
   }
 }
 
@@ -28,24 +28,33 @@ const SCRIPTS = {
   iotgateTelemetryAppend: {
     // A stream only grows: an entry older than the newest (another gateway's clock, a late
     // append) is stored at the stream's last id instead; the record keeps its own receivedAt.
+    // Every call is a pcall: one record's failure (a key of the wrong type, out of memory) must not
+    // abort the script half-way, leaving records stored whose callers were told they failed. The
+    // reply holds per record 1 (stored) or the error text.
     lua: `
-local n = 0
+local out = {}
 for i = 3, #ARGV, 4 do
   local key = KEYS[tonumber(ARGV[i])]
   local added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], ARGV[i + 1] .. '-*', 'r', ARGV[i + 3])
   if type(added) == 'table' and added.err then
-    local info = redis.call('XINFO', 'STREAM', key)
-    local last = ARGV[i + 1]
-    for j = 1, #info, 2 do
-      if info[j] == 'last-generated-id' then last = string.match(info[j + 1], '^(%d+)') end
+    local info = redis.pcall('XINFO', 'STREAM', key)
+    if type(info) == 'table' and not info.err then
+      local last = ARGV[i + 1]
+      for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then last = string.match(info[j + 1], '^(%d+)') end
+      end
+      added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], last .. '-*', 'r', ARGV[i + 3])
     end
-    redis.call('XADD', key, 'MAXLEN', ARGV[1], last .. '-*', 'r', ARGV[i + 3])
   end
-  if tonumber(ARGV[i + 2]) > 0 then redis.call('XTRIM', key, 'MINID', ARGV[i + 2]) end
-  redis.call('PEXPIRE', key, ARGV[2])
-  n = n + 1
+  if type(added) == 'table' and added.err then
+    out[#out + 1] = added.err
+  else
+    if tonumber(ARGV[i + 2]) > 0 then redis.pcall('XTRIM', key, 'MINID', ARGV[i + 2]) end
+    redis.pcall('PEXPIRE', key, ARGV[2])
+    out[#out + 1] = 1
+  end
 end
-return n`,
+return out`,
   },
 };
 
@@ -112,8 +121,12 @@ export class RedisTelemetryStore implements TelemetryStore {
       args.push(i, p.receivedAt, p.minId, p.json);
     }
     this.client.iotgateTelemetryAppend(keys.length, ...keys, ...args).then(
-      () => {
-        for (const p of batch) p.resolve();
+      (results) => {
+        batch.forEach((p, i) => {
+          const r = results[i];
+          if (r === 1) p.resolve();
+          else p.reject(storeError(new Error(`telemetry append refused: ${String(r ?? 'no reply')}`)));
+        });
       },
       (err: unknown) => {
         const e = storeError(err);
