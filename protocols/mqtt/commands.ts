@@ -116,7 +116,8 @@ export function attachCommandBridge(opts: {
     // right after the CONNACK comes before the session table knows the device, and delivering
     // now would find it unreachable. Its commands go out once the connection is ready.
     if (client.connected) track(client, deviceId, subs);
-    else client.once('connected', () => track(client, deviceId, subs));
+    // Only what is still subscribed by then (an UNSUBSCRIBE may have come in between).
+    else client.once('connected', () => track(client, deviceId, subs.filter((s) => s.topic in (client as unknown as ClientInternals).subscriptions)));
   };
   const onUnsubscribe = (filters: string[], client: Client) => {
     const s = state.get(client);

@@ -12,7 +12,7 @@
  * PUBLISH, one msgpack encode and decode and one dedup-cache lookup per message and gateway (the
  * largest share of the gateway's CPU in the Redis benchmark, docs/performance.md).
  *
- * A gateway alone on its Redis sends nothing: it forwards while the will keeper sees another live
+ * A gateway alone on its Redis sends nothing but `$SYS` messages: it forwards while the will keeper sees another live
  * gateway (`peers`), or for 10 s after a frame from another gateway arrived. A starting gateway
  * announces itself with an empty frame and waits for it to come back before its listeners open,
  * so the others forward to it from then on, not only from their next keeper pass.
@@ -103,7 +103,9 @@ export function redisBusEmitter(opts: RedisBusEmitterOptions): RedisBusEmitter {
           clearTimeout(timer);
           resolve();
         };
-        pubConn.publish(channel, origin).catch(() => undefined);
+        const announce = () => void pubConn.publish(channel, origin).catch(() => undefined);
+        if (pubConn.status === 'ready') announce();
+        else pubConn.once('ready', announce);
       }),
   );
   subscribed.catch(() => undefined);
@@ -168,7 +170,10 @@ export function redisBusEmitter(opts: RedisBusEmitterOptions): RedisBusEmitter {
 
   local.emit = (packet: Packet, done?: Done) => {
     localEmit(packet, done);
-    if (closed || !forwardingNow()) return;
+    // `$SYS/...` always goes out: it carries aedes-persistence-redis' subscription index updates
+    // (`$SYS/<id>/sub/add|rm`) and session takeovers, which a gateway that started a moment ago
+    // must not miss while the others have not heard of it yet. They are rare.
+    if (closed || (!forwardingNow() && !packet.topic.startsWith('$SYS/'))) return;
     let encoded: Buffer;
     try {
       encoded = msgpack.encode(packet);
