@@ -188,7 +188,8 @@ export class RedisEventLog implements EventLog {
     }
     // The client may come from a gateway whose reader is ahead of ours: let ours catch up first,
     // or entries up to `after` would reach the client again as live ones.
-    if (compareStreamIds(after, feed.lastId) > 0 && !(await this.caughtUp(feed, after))) return null;
+    // (Nothing to wait for when no entry lies between: the one at `after` was deleted since.)
+    if (compareStreamIds(after, feed.lastId) > 0 && (await this.entriesBetween(feed.lastId, after)) && !(await this.caughtUp(feed, after))) return null;
     for (;;) {
       const cursor = this.cursorAfter(feed, after);
       if (cursor !== undefined) return { hub, cursor };
@@ -226,6 +227,15 @@ export class RedisEventLog implements EventLog {
         if (!matchesFilter(filter, event)) continue;
         if (!(await send(`id: ${id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`))) return null;
       }
+    }
+  }
+
+  /** Whether the stream holds an entry in (from, to]; true when that cannot be read (then wait). */
+  private async entriesBetween(from: string, to: string): Promise<boolean> {
+    try {
+      return ((await this.client.xrange(this.key, `(${from}`, to, 'COUNT', 1)) as Entry[]).length > 0;
+    } catch {
+      return true;
     }
   }
 
