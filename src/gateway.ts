@@ -3,7 +3,7 @@
  * services and every door (REST, MQTT, CoAP). Tests call this; main.ts adds signals and exit codes.
  */
 import type { FastifyInstance } from 'fastify';
-import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import type { Config } from './config/schema.js';
 import { createLogger, type Logger } from './log.js';
 import { PACKAGE_VERSION, BUNDLED_SCHEMAS_DIR } from './package-info.js';
@@ -22,7 +22,7 @@ import { CommandService } from './core/command-service.js';
 import { ShadowService } from './core/shadow-service.js';
 import { FirmwareService } from './core/firmware.js';
 import { TelemetryService } from './core/telemetry.js';
-import { telemetryCounters } from './telemetry-metrics.js';
+import { serviceGauges, telemetryCounters } from './gateway-metrics.js';
 import { ensureCa, loadCaMaterial, PkiAuthority, verifyDeviceCertificate, verifyServiceToken, serviceJwtVerifyOptions } from './pki/index.js';
 import { buildHttpApp } from './http/app.js';
 import { RouteService } from './routes/service.js';
@@ -160,22 +160,7 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
     shadows.forgetDevice(record.id).catch(forgetFailed('shadows'));
     firmware.forgetDevice(record.id);
   });
-  new Gauge({
-    name: 'iotgate_command_waiters',
-    help: 'REST requests waiting for a command answer (wait: true)',
-    registers: [metrics],
-    collect() {
-      this.set(commands.waiting);
-    },
-  });
-  new Gauge({
-    name: 'iotgate_devices_known',
-    help: 'Devices with live credentials',
-    registers: [metrics],
-    collect() {
-      this.set(credentials.live().length);
-    },
-  });
+  serviceGauges(metrics, { commandWaiters: () => commands.waiting, devicesKnown: () => credentials.live().length });
 
   let state: 'built' | 'starting' | 'running' | 'stopping' | 'stopped' = 'built';
   let mqtt: MqttEdge | null = null;
