@@ -36,7 +36,14 @@ export function buildProgram(): Command {
       await caInit({ ...globals(cmd), ...o });
     });
 
-  const device = program.command('device').description('provision, revoke and inspect devices');
+  const device = program
+    .command('device')
+    .description('provision, revoke and inspect devices')
+    .addHelpText(
+      'after',
+      '\nThe CA database is the certs dir, or Redis when the gateways run with redis.url: then set\n' +
+        'IOTGATE_REDIS_URL (or redis.url in --config) here too (docs/redis.md).',
+    );
   device
     .command('provision <id>')
     .description('issue a device key, certificate and token: writes <id>.key (0600), <id>.crt, ca.crt into DIR')
