@@ -125,6 +125,9 @@ describe('presence across gateways on one Redis', () => {
     );
     await openSession(teardown, a.mqtt, deviceLogin(dev));
     await until(async () => (await view(b, id)).online, 'the device online (read through B)');
+    // A writes its events to the stream a moment after they happen (a kill loses what is still
+    // buffered, docs/redis.md): the connect is in the stream before A dies.
+    await until(async () => (await deviceEvents(id, 'connected')).length === 1, 'the connected event in the stream');
 
     a.proc.child.kill('SIGKILL');
     await a.proc.exited;
