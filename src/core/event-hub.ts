@@ -21,6 +21,7 @@ export class HubEntry {
     readonly seq: number,
     readonly event: CloudEvent,
     id?: string,
+    private dataText?: string,
   ) {
     this.id = id ?? String(seq);
   }
@@ -28,6 +29,11 @@ export class HubEntry {
   /** The CloudEvent as JSON, serialized on first use and cached. */
   json(): string {
     return (this.jsonText ??= JSON.stringify(this.event));
+  }
+
+  /** The event's `data` as JSON: given by the publisher (the store serialized it) or made once. */
+  dataJson(): string {
+    return (this.dataText ??= JSON.stringify(this.event.data) ?? 'null');
   }
 
   /**
@@ -129,9 +135,11 @@ export class EventHub {
     if (bus) {
       for (const name of Object.keys(BUS_EVENT_MAPPERS) as (keyof GatewayEvents)[]) {
         const map = BUS_EVENT_MAPPERS[name] as (...args: unknown[]) => CloudEvent;
+        // Telemetry comes with its record's JSON when the store made one (TelemetryService).
+        const dataJson = name === 'telemetry' ? (args: unknown[]) => (typeof args[1] === 'string' ? args[1] : undefined) : () => undefined;
         const listener = (...args: unknown[]): void => {
           try {
-            this.publish(map(...args));
+            this.publish(map(...args), undefined, dataJson(args));
           } catch (err) {
             // The bus contract: listeners must not throw into the emitter (the ingest path).
             this.log?.error({ err, event: name }, 'could not publish a bus event');
@@ -160,11 +168,11 @@ export class EventHub {
 
   /**
    * Publishes a CloudEvent; resolves its entry (null after close). Never throws. `id` is the id
-   * SSE shows (default: the sequence number).
+   * SSE shows (default: the sequence number); `dataJson`, when given, is `event.data` as JSON.
    */
-  publish(event: CloudEvent, id?: string): HubEntry | null {
+  publish(event: CloudEvent, id?: string, dataJson?: string): HubEntry | null {
     if (this.closed) return null;
-    const entry = new HubEntry(++this.seq, event, id);
+    const entry = new HubEntry(++this.seq, event, id, dataJson);
     this.ring[entry.seq % this.capacity] = entry;
     this.pending.push(entry);
     this.locked(() => {});

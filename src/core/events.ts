@@ -72,8 +72,8 @@ export interface FirmwareUpdated {
 export interface GatewayEvents {
   'device.connected': [event: DeviceConnected];
   'device.disconnected': [event: DeviceDisconnected];
-  /** Accepted telemetry, after it is stored. */
-  telemetry: [record: TelemetryRecord];
+  /** Accepted telemetry, after it is stored; `json` is the record's JSON when the store made it. */
+  telemetry: [record: TelemetryRecord, json?: string | undefined];
   'shadow.updated': [event: ShadowUpdated];
   'shadow.deleted': [event: ShadowDeleted];
   'firmware.updated': [event: FirmwareUpdated];

@@ -98,9 +98,11 @@ export interface TelemetryQuery {
 /**
  * Telemetry history and latest value per device, bounded by count and age. `append` is on the hot
  * path: an implementation that can answer synchronously returns undefined instead of a promise.
+ * One that serialized the record resolves with that JSON text, so the record's CloudEvent reuses
+ * it (the Redis event stream) instead of serializing it again.
  */
 export interface TelemetryStore {
-  append(record: TelemetryRecord): void | Promise<void>;
+  append(record: TelemetryRecord): void | Promise<string | void>;
   history(deviceId: string, query: TelemetryQuery): Promise<TelemetryRecord[]>;
   latest(deviceId: string): Promise<TelemetryRecord | null>;
   /** Drops everything of a device (it was deleted). */

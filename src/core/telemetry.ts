@@ -56,8 +56,8 @@ export class TelemetryService {
     };
     // store, then fan out
     const stored = this.deps.store.append(record);
-    if (stored) return stored.then(() => this.fanOut(record));
-    return this.fanOut(record);
+    if (stored) return stored.then((json) => this.fanOut(record, json ?? undefined));
+    return this.fanOut(record, undefined);
   }
 
   private reject(input: IngestInput, error: TelemetryRejection): IngestOutcome {
@@ -65,10 +65,10 @@ export class TelemetryService {
     return { ok: false, error };
   }
 
-  private fanOut(record: TelemetryRecord): IngestOutcome {
+  private fanOut(record: TelemetryRecord, json: string | undefined): IngestOutcome {
     this.deps.counters.accepted(record.protocol);
     try {
-      this.deps.bus.emit('telemetry', record);
+      this.deps.bus.emit('telemetry', record, json);
     } catch (err) {
       this.deps.log.error({ err }, 'a telemetry listener threw');
     }

@@ -16,13 +16,12 @@
  * and one batch at a time waits in the Redis client. Delivery is at least once: a batch whose
  * reply was lost with the connection is written again (readers deduplicate by the CloudEvent id).
  */
-import { Redis, type ClientContext, type Result } from 'ioredis';
+import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { CloudEvent } from '../core/cloudevents.js';
 import type { EventHub, HubEntry } from '../core/event-hub.js';
-import { jsonOnce } from '../core/json-once.js';
-import { defineScripts } from '../stores/redis/scripts.js';
+import { BatchScript } from '../stores/redis/scripts.js';
 import { BoundedQueue } from './delivery.js';
 
 export const EVENT_STREAM_KEY = 'iotgate:events';
@@ -57,7 +56,7 @@ export function streamFields(event: CloudEvent): string[] {
     'subject', event.subject ?? '',
     'time', event.time,
     'datacontenttype', event.datacontenttype,
-    'data', jsonOnce(event.data),
+    'data', JSON.stringify(event.data) ?? 'null',
   ];
 }
 
@@ -67,22 +66,18 @@ export function streamFields(event: CloudEvent): string[] {
  * those of `streamFields`. Each XADD is a pcall: the reply holds per event 1 or the error text, so
  * a refusal never aborts the batch half-way (which would write its first part again).
  */
-const APPEND_EVENTS = `local out = {}
+const APPEND_EVENTS = new BatchScript(`local out = {}
 for i = 2, #ARGV, 6 do
   local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'specversion', '1.0', 'id', ARGV[i], 'type', ARGV[i + 1],
     'source', ARGV[i + 2], 'subject', ARGV[i + 3], 'time', ARGV[i + 4], 'datacontenttype', 'application/json', 'data', ARGV[i + 5])
   if type(added) == 'table' and added.err then out[#out + 1] = added.err else out[#out + 1] = 1 end
 end
-return out`;
+return out`);
 
-declare module 'ioredis' {
-  interface RedisCommander<Context extends ClientContext = { type: 'default' }> {
-    iotgateEventsAppend(key: string, ...args: string[]): Result<(number | string)[], Context>;
-  }
-}
 
-function pushEventArgs(args: string[], event: CloudEvent): void {
-  args.push(event.id, event.type, event.source, event.subject ?? '', event.time, jsonOnce(event.data));
+function pushEventArgs(args: string[], entry: HubEntry): void {
+  const { event } = entry;
+  args.push(event.id, event.type, event.source, event.subject ?? '', event.time, entry.dataJson());
 }
 
 /** A stream entry's fields (the flat `[name, value, ...]` of XRANGE / XREADGROUP) as a CloudEvent. */
@@ -134,7 +129,6 @@ export class RedisEventStream {
   constructor(opts: RedisEventStreamOptions) {
     if (!opts.redis && opts.url === undefined) throw new Error('RedisEventStream needs a url or a redis connection');
     this.redis = opts.redis ?? new Redis(opts.url as string, { connectionName: 'iotgate:events' });
-    defineScripts(this.redis, { iotgateEventsAppend: { lua: APPEND_EVENTS, numberOfKeys: 1 } });
     this.key = opts.key ?? EVENT_STREAM_KEY;
     this.maxLen = String(Math.max(1, Math.floor(opts.maxLen)));
     this.batchMax = Math.max(1, opts.batchMax ?? 256);
@@ -266,11 +260,12 @@ export class RedisEventStream {
 
   /** Writes the batch in one script call; keeps what failed for a retry. Resolves false when something must be retried. */
   private async write(): Promise<boolean> {
-    const args: string[] = [this.maxLen];
-    for (const { entry } of this.batch) pushEventArgs(args, entry.event);
-    let results: (number | string)[];
+    const argv: string[] = ['', '1', this.key, this.maxLen];
+    for (const { entry } of this.batch) pushEventArgs(argv, entry);
+    let results: unknown[];
     try {
-      results = await this.redis.iotgateEventsAppend(this.key, ...args);
+      const reply = await APPEND_EVENTS.run(this.redis, argv);
+      results = Array.isArray(reply) ? (reply as unknown[]) : [];
     } catch (err) {
       // The connection (or the script call itself) failed: nothing of the batch is known to be
       // written; it is written again, for as long as it takes.
@@ -279,11 +274,11 @@ export class RedisEventStream {
       return false;
     }
     const again: typeof this.batch = [];
+    let written = 0;
     this.batch.forEach((item, i) => {
       const r = results[i];
       if (r === 1) {
-        this.writtenCount++;
-        this.metrics?.written.inc();
+        written++;
         return;
       }
       // Redis refused this entry (out of memory, a key of the wrong type): a few tries only.
@@ -291,6 +286,8 @@ export class RedisEventStream {
       if (item.attempts >= MAX_ATTEMPTS_ON_REPLY_ERROR) this.drop(item.entry, 'rejected', String(r ?? 'no reply'));
       else again.push(item);
     });
+    this.writtenCount += written;
+    this.metrics?.written.inc(written);
     if (again.length > 0) this.metrics?.errors.inc();
     this.batch = again;
     return again.length === 0;

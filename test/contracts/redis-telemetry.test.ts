@@ -72,6 +72,26 @@ if (env) {
       assert.ok(ttl > 50_000 && ttl <= 60_000, `pttl ${ttl}`);
     });
 
+    it('trims by age within one batch: entries older than retentionMs below the newest go', async () => {
+      const keys = new RedisKeys(`x${++n}:`);
+      const s = new RedisTelemetryStore(shared.client, keys, { retentionCount: 100, retentionMs: 60_000 });
+      const now = Date.now();
+      // One turn, one script call: the old entry is added, then trimmed below the newest's bound.
+      await Promise.all([s.append(record('dev-5', now - 120_000, { i: 0 })), s.append(record('dev-5', now, { i: 1 }))]);
+      const ids = (await shared.client.xrange(keys.telemetry('dev-5'), '-', '+')).map(([id]) => id);
+      assert.equal(ids.length, 1, `left: ${ids.join(', ')}`);
+      assert.ok(ids[0]?.startsWith(`${now}-`));
+    });
+
+    it('appends after Redis lost its script cache (a restart, SCRIPT FLUSH): EVAL instead of EVALSHA', async () => {
+      const s = new RedisTelemetryStore(shared.client, new RedisKeys(`x${++n}:`), retention);
+      const now = Date.now();
+      await s.append(record('dev-6', now, { i: 0 }));
+      await shared.client.script('FLUSH');
+      await Promise.all([s.append(record('dev-6', now + 1, { i: 1 })), s.append(record('dev-6', now + 2, { i: 2 }))]);
+      assert.deepEqual((await s.history('dev-6', { limit: 10 })).map((r) => r.data.i), [0, 1, 2]);
+    });
+
     it('keeps numbers and strings of the data exactly', async () => {
       const s = new RedisTelemetryStore(shared.client, new RedisKeys(`x${++n}:`), retention);
       const data = { big: 9007199254740991, pi: 3.141592653589793, tiny: 1e-300, s: 'é\u0000"', nested: { a: [1, null, { b: true }] } };

@@ -73,6 +73,21 @@ describe('EventHub', () => {
     assert.ok(texts.every((x) => x === texts[0]));
   });
 
+  it("reuses a telemetry record's JSON given with the bus event as the event's data JSON", (t) => {
+    const { bus, hub: h } = hub();
+    t.after(() => h.close());
+    const dataTexts: string[] = [];
+    h.subscribe({}, (_s, _e, entry) => dataTexts.push(entry.dataJson()));
+    const r = record('d1', 1);
+    const stored = JSON.stringify(r);
+    bus.emit('telemetry', r, stored);
+    bus.emit('telemetry', record('d1', 2));
+    bus.emit('device.connected', { deviceId: 'd1', protocol: 'mqtt', online: true, reason: 'connected', at: 1, version: 1 });
+    assert.equal(dataTexts[0], stored, 'the text the store made, not a second serialization');
+    assert.deepEqual(JSON.parse(dataTexts[1] as string), record('d1', 2), 'made once when none was given');
+    assert.equal(JSON.parse(dataTexts[2] as string).deviceId, 'd1');
+  });
+
   it('filters by type and by device', (t) => {
     const { bus, hub: h } = hub();
     t.after(() => h.close());

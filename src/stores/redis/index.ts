@@ -64,10 +64,10 @@ export interface RedisStores {
 export function createRedisStores(url: string, opts: RedisStoresOptions): RedisStores {
   const log = opts.log;
   const client = new Redis(url, {
+    // The telemetry batch (telemetry.ts) is sent directly (scripts.ts, BatchScript): ioredis runs
+    // one auto-pipeline at a time per connection, a turn later, which queued each batch behind the
+    // previous reply.
     enableAutoPipelining: true,
-    // Already one call per event-loop turn (telemetry.ts). ioredis runs one auto-pipeline at a
-    // time per connection, a turn later: that queued each batch behind the previous reply.
-    autoPipeliningIgnoredCommands: ['iotgateTelemetryAppend'],
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     retryStrategy: (attempt) => Math.min(50 * attempt, 1000),

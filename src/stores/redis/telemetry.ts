@@ -8,34 +8,29 @@
  * promise resolves once Redis has the entry. One call touches the streams of several devices, so
  * it needs a standalone (or Sentinel) Redis, which is what createRedisStores connects to.
  */
-import type { ClientContext, Redis, Result } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { TelemetryQuery, TelemetryStore } from '../../core/ports.js';
 import type { TelemetryRecord } from '../../core/model.js';
 import type { RedisKeys } from './keys.js';
-import { jsonOnce } from '../../core/json-once.js';
 import { storeError } from './errors.js';
-import { defineScripts } from './scripts.js';
+import { BatchScript } from './scripts.js';
 
-declare module 'ioredis' {
-  interface RedisCommander<Context extends ClientContext = { type: 'default' }> {
-    iotgateTelemetryAppend(numberOfKeys: number, ...keysAndArgs: string[]): Result<(number | string)[], Context>;
-  }
-}
-
-// KEYS: the devices' streams. ARGV: MAXLEN, the TTL in ms, then per record: the index of its key
-// in KEYS, receivedAt, the MINID trim bound, the record JSON.
-const SCRIPTS = {
-  iotgateTelemetryAppend: {
-    // A stream only grows: an entry older than the newest (another gateway's clock, a late
-    // append) is stored at the stream's last id instead; the record keeps its own receivedAt.
-    // Every call is a pcall: one record's failure (a key of the wrong type, out of memory) must not
-    // abort the script half-way, leaving records stored whose callers were told they failed. The
-    // reply holds per record 1 (stored) or the error text.
-    lua: `
+// KEYS: the devices' streams. ARGV: MAXLEN, the retention in ms (the TTL, and the MINID trim
+// bound below each stream's newest receivedAt), then per record: the index of its key in KEYS,
+// receivedAt, the record JSON.
+// A stream only grows: an entry older than the newest (another gateway's clock, a late append) is
+// stored at the stream's last id instead; the record keeps its own receivedAt. Every call is a
+// pcall: one record's failure (a key of the wrong type, out of memory) must not abort the script
+// half-way, leaving records stored whose callers were told they failed. The reply holds per
+// record 1 (stored) or the error text. Each stream touched is trimmed by age and given its TTL
+// once per call, after its last record.
+const APPEND = new BatchScript(`
 local out = {}
-for i = 3, #ARGV, 4 do
+local newest = {}
+local retention = tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
   local key = KEYS[tonumber(ARGV[i])]
-  local added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], ARGV[i + 1] .. '-*', 'r', ARGV[i + 3])
+  local added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], ARGV[i + 1] .. '-*', 'r', ARGV[i + 2])
   if type(added) == 'table' and added.err then
     local info = redis.pcall('XINFO', 'STREAM', key)
     if type(info) == 'table' and not info.err then
@@ -43,20 +38,22 @@ for i = 3, #ARGV, 4 do
       for j = 1, #info, 2 do
         if info[j] == 'last-generated-id' then last = string.match(info[j + 1], '^(%d+)') end
       end
-      added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], last .. '-*', 'r', ARGV[i + 3])
+      added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], last .. '-*', 'r', ARGV[i + 2])
     end
   end
   if type(added) == 'table' and added.err then
     out[#out + 1] = added.err
   else
-    if tonumber(ARGV[i + 2]) > 0 then redis.pcall('XTRIM', key, 'MINID', ARGV[i + 2]) end
-    redis.pcall('PEXPIRE', key, ARGV[2])
+    local at = tonumber(ARGV[i + 1])
+    if newest[key] == nil or at > newest[key] then newest[key] = at end
     out[#out + 1] = 1
   end
 end
-return out`,
-  },
-};
+for key, at in pairs(newest) do
+  if at - retention > 0 then redis.pcall('XTRIM', key, 'MINID', string.format('%.0f', at - retention)) end
+  redis.pcall('PEXPIRE', key, ARGV[2])
+end
+return out`);
 
 /** Appends of one event-loop turn go to Redis in one script call, at most this many. */
 const BATCH_MAX = 512;
@@ -64,9 +61,8 @@ const BATCH_MAX = 512;
 interface PendingAppend {
   key: string;
   receivedAt: string;
-  minId: string;
   json: string;
-  resolve: () => void;
+  resolve: (json: string) => void;
   reject: (err: unknown) => void;
 }
 
@@ -83,17 +79,16 @@ export class RedisTelemetryStore implements TelemetryStore {
     private readonly keys: RedisKeys,
     private readonly retention: TelemetryRetention,
   ) {
-    defineScripts(client, SCRIPTS);
   }
 
-  append(record: TelemetryRecord): Promise<void> {
+  /** Resolves with the record's JSON (what Redis now holds) once it is stored. */
+  append(record: TelemetryRecord): Promise<string> {
     const at = Math.max(0, Math.floor(record.receivedAt));
     return new Promise((resolve, reject) => {
       const n = this.pending.push({
         key: this.keys.telemetry(record.deviceId),
         receivedAt: String(at),
-        minId: String(Math.max(0, at - this.retention.retentionMs)),
-        json: jsonOnce(record),
+        json: JSON.stringify(record),
         resolve,
         reject,
       });
@@ -118,13 +113,14 @@ export class RedisTelemetryStore implements TelemetryStore {
         keys.push(p.key);
         index.set(p.key, (i = String(keys.length)));
       }
-      args.push(i, p.receivedAt, p.minId, p.json);
+      args.push(i, p.receivedAt, p.json);
     }
-    this.client.iotgateTelemetryAppend(keys.length, ...keys, ...args).then(
-      (results) => {
+    APPEND.run(this.client, ['', String(keys.length)].concat(keys, args)).then(
+      (reply) => {
+        const results = Array.isArray(reply) ? (reply as unknown[]) : [];
         batch.forEach((p, i) => {
           const r = results[i];
-          if (r === 1) p.resolve();
+          if (r === 1) p.resolve(p.json);
           else p.reject(storeError(new Error(`telemetry append refused: ${String(r ?? 'no reply')}`)));
         });
       },
