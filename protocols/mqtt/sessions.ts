@@ -1,6 +1,6 @@
 /**
  * What the edge knows of each aedes client: who it is, which listener it came through, its guard,
- * and why it ended. aedes gives none of that, so it is kept here, keyed by the Client object.
+ * and why it ended. aedes gives none of that, so it is kept here, keyed by the client's connection.
  */
 import type { Client } from 'aedes';
 import type { Duplex } from 'node:stream';
@@ -16,61 +16,87 @@ export interface ConnectionInfo {
 
 let nextSession = 0;
 
+/**
+ * Everything the table keeps for one connection, in one object under one WeakMap key (the stream
+ * aedes reads, `client.conn`): an idle connection costs this object and one ephemeron entry.
+ */
+class Session {
+  principal: MqttPrincipal | undefined = undefined;
+  sessionId: string | undefined = undefined;
+  reason: DisconnectReason | undefined = undefined;
+
+  constructor(public info: ConnectionInfo | undefined) {}
+}
+
 export class SessionTable {
-  private readonly connections = new WeakMap<Duplex, ConnectionInfo>();
-  private readonly principals = new WeakMap<Client, MqttPrincipal>();
-  private readonly sessionIds = new WeakMap<Client, string>();
-  private readonly reasons = new WeakMap<Client, DisconnectReason>();
+  private readonly sessions = new WeakMap<object, Session>();
   /** Clients that passed authentication and are finishing CONNECT, by client id. */
   private readonly connecting = new Map<string, Client>();
   /** Live device clients by device id (one per id: the broker enforces takeover). */
   private readonly devices = new Map<string, Client>();
 
+  private keyOf(client: Client): object {
+    return (client.conn as Duplex | undefined) ?? client;
+  }
+
+  private entry(client: Client): Session {
+    const key = this.keyOf(client);
+    let s = this.sessions.get(key);
+    if (s === undefined) this.sessions.set(key, (s = new Session(undefined)));
+    return s;
+  }
+
   addConnection(stream: Duplex, info: ConnectionInfo): void {
-    this.connections.set(stream, info);
+    const s = this.sessions.get(stream);
+    if (s === undefined) this.sessions.set(stream, new Session(info));
+    else s.info = info;
   }
 
   connection(client: Client): ConnectionInfo | undefined {
-    return this.connections.get(client.conn as Duplex);
+    return this.sessions.get(this.keyOf(client))?.info;
   }
 
   authenticated(client: Client, principal: MqttPrincipal): void {
-    this.principals.set(client, principal);
+    this.entry(client).principal = principal;
     this.connecting.set(client.id, client);
   }
 
   principal(client: Client | null): MqttPrincipal | undefined {
-    return client ? this.principals.get(client) : undefined;
+    return client ? this.sessions.get(this.keyOf(client))?.principal : undefined;
   }
 
   /** The client's CONNECT completed. Returns its session id. */
   ready(client: Client): string {
     if (this.connecting.get(client.id) === client) this.connecting.delete(client.id);
-    const id = `${client.id}#${++nextSession}`;
-    this.sessionIds.set(client, id);
-    const p = this.principals.get(client);
+    const s = this.entry(client);
+    // join() makes one flat string (a template literal would keep a rope of three parts).
+    const id = [client.id, ++nextSession].join('#');
+    s.sessionId = id;
+    const p = s.principal;
     if (p?.kind === 'device') this.devices.set(p.deviceId, client);
     return id;
   }
 
   sessionId(client: Client): string | undefined {
-    return this.sessionIds.get(client);
+    return this.sessions.get(this.keyOf(client))?.sessionId;
   }
 
   markReason(client: Client, reason: DisconnectReason): void {
-    if (!this.reasons.has(client)) this.reasons.set(client, reason);
+    const s = this.entry(client);
+    if (s.reason === undefined) s.reason = reason;
   }
 
   /** The client is gone; resolves why. */
   ended(client: Client): DisconnectReason {
-    const p = this.principals.get(client);
+    const s = this.sessions.get(this.keyOf(client));
+    const p = s?.principal;
     if (p?.kind === 'device' && this.devices.get(p.deviceId) === client) this.devices.delete(p.deviceId);
     const pending = this.connecting.get(client.id);
     if (pending === client) this.connecting.delete(client.id);
-    const marked = this.reasons.get(client);
+    const marked = s?.reason;
     if (marked) return marked;
     if (pending !== undefined && pending !== client) return 'takeover';
-    const guard = this.connection(client)?.guard;
+    const guard = s?.info?.guard;
     if (guard?.violation) return 'protocol_error';
     if (guard?.lastType === DISCONNECT) return 'client_disconnect';
     return 'connection_lost';

@@ -68,7 +68,11 @@ export class PresenceService {
   /** This gateway's id as a presence owner (also its MQTT broker id on Redis: see docs/redis.md). */
   readonly gatewayId: string;
   private readonly store: PresenceStore;
-  private readonly sessions = new Map<string, Set<string>>();
+  /**
+   * Per device, its session here, or the set of them while it has several (a takeover's overlap):
+   * a Set per online device would cost ~150 bytes more than the one string.
+   */
+  private readonly sessions = new Map<string, string | Set<string>>();
   private readonly queue = new KeyedQueue();
   private readonly seen = new Map<string, number>();
   /** Last presence version per device, for when the registry record is already gone (revoked). */
@@ -95,14 +99,15 @@ export class PresenceService {
   }
 
   isOnline(deviceId: string): boolean {
-    return (this.sessions.get(deviceId)?.size ?? 0) > 0;
+    return this.sessions.has(deviceId);
   }
 
   /** A session of the device started. Resolves the event (null when the device is unknown). */
   connected(deviceId: string, protocol: DeviceProtocol, sessionId: string): Promise<DeviceConnected | null> {
-    let set = this.sessions.get(deviceId);
-    if (!set) this.sessions.set(deviceId, (set = new Set()));
-    set.add(sessionId);
+    const current = this.sessions.get(deviceId);
+    if (current === undefined) this.sessions.set(deviceId, sessionId);
+    else if (typeof current !== 'string') current.add(sessionId);
+    else if (current !== sessionId) this.sessions.set(deviceId, new Set([current, sessionId]));
     return this.inOrder(deviceId, async () => {
       const at = Date.now();
       // Before the write: if it lands but its reply is lost, the offline still matches it.
@@ -127,9 +132,12 @@ export class PresenceService {
    * holds its presence (it did not connect elsewhere since).
    */
   disconnected(deviceId: string, protocol: DeviceProtocol, sessionId: string, reason: DisconnectReason): Promise<DeviceDisconnected | null> {
-    const set = this.sessions.get(deviceId);
-    if (!set?.delete(sessionId)) return Promise.resolve(null);
-    if (set.size > 0) return Promise.resolve(null);
+    const current = this.sessions.get(deviceId);
+    if (current === undefined || (typeof current === 'string' ? current !== sessionId : !current.delete(sessionId))) return Promise.resolve(null);
+    if (typeof current !== 'string' && current.size > 0) {
+      if (current.size === 1) this.sessions.set(deviceId, current.values().next().value as string);
+      return Promise.resolve(null);
+    }
     this.sessions.delete(deviceId);
     // The device connected to another gateway (several on one Redis), which announced it online
     // (or is about to): going offline here would make the status flap.

@@ -11,6 +11,7 @@ import type { AuthenticateError, Client } from 'aedes';
 import type { EdgeContext, RejectionReason } from '../context.js';
 import type { MqttPrincipal } from '../types.js';
 import { devicePublishVerdict, servicePublishVerdict } from '../topics.js';
+import { forgetConnectPacket } from '../connect-packet.js';
 import type { ConnectFacts } from './pre-connect.js';
 
 // aedes' AuthErrorCode is a `const enum` in a .d.ts, which isolated modules cannot read.
@@ -78,11 +79,19 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
   }
 
   return (client: Client, username: Readonly<string | undefined>, password: Readonly<Buffer | undefined>, done: Done): void => {
-    const fact = facts.get(client);
-    if (fact?.emptyClientId) return refuse(client, done, IDENTIFIER_REJECTED, 'identifier_rejected', 'empty client id');
-    const maxKeepalive = ctx.deps.settings.keepaliveMaxSeconds;
-    if (fact && (fact.keepalive === 0 || fact.keepalive > maxKeepalive)) {
-      return refuse(client, done, NOT_AUTHORIZED, 'keepalive_refused', `keepalive must be 1..${maxKeepalive} s, got ${fact.keepalive}`);
+    const packet = facts.get(client);
+    let willTopic: string | null = null;
+    if (packet !== undefined) {
+      facts.delete(client);
+      willTopic = packet.will?.topic ?? null;
+      // The credentials are the arguments now: the parser need not keep them for the connection's life.
+      forgetConnectPacket(client, packet);
+      if (!packet.clientId) return refuse(client, done, IDENTIFIER_REJECTED, 'identifier_rejected', 'empty client id');
+      const keepalive = packet.keepalive ?? 0;
+      const maxKeepalive = ctx.deps.settings.keepaliveMaxSeconds;
+      if (keepalive === 0 || keepalive > maxKeepalive) {
+        return refuse(client, done, NOT_AUTHORIZED, 'keepalive_refused', `keepalive must be 1..${maxKeepalive} s, got ${keepalive}`);
+      }
     }
     // Redis down: refuse now rather than let the session lookups wait for it.
     if (ctx.deps.available?.() === false) {
@@ -99,9 +108,9 @@ export function createAuthenticate(ctx: EdgeContext, facts: WeakMap<Client, Conn
     );
 
     function finish(principal: MqttPrincipal): void {
-      if (fact?.willTopic != null) {
+      if (willTopic !== null) {
         const verdict =
-          principal.kind === 'device' ? devicePublishVerdict(principal.deviceId, fact.willTopic) : servicePublishVerdict(principal.scopes, fact.willTopic);
+          principal.kind === 'device' ? devicePublishVerdict(principal.deviceId, willTopic) : servicePublishVerdict(principal.scopes, willTopic);
         if (!verdict.ok) return refuse(client, done, NOT_AUTHORIZED, 'will_not_authorized', `will topic refused: ${verdict.reason}`);
       }
       ctx.sessions.authenticated(client, principal);
