@@ -59,10 +59,17 @@ export class CoapActivity {
     return `coap:${deviceId}`;
   }
 
+  /** (Re)starts the window: the same timer restarted on every request, none while observing. */
   private arm(deviceId: string, a: Activity): void {
-    if (a.timer) clearTimeout(a.timer);
-    a.timer = null;
-    if (a.observers > 0) return;
+    if (a.observers > 0) {
+      if (a.timer) clearTimeout(a.timer);
+      a.timer = null;
+      return;
+    }
+    if (a.timer) {
+      a.timer.refresh();
+      return;
+    }
     a.timer = setTimeout(() => this.end(deviceId, 'inactive'), this.windowMs);
     a.timer.unref();
   }

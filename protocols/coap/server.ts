@@ -7,15 +7,19 @@
  *    entry count (`coap.dedupEntries`) instead of by payload bytes: each entry also holds the
  *    response's retransmission state, so 32 MiB of small payloads meant gigabytes of memory;
  *  - every request is authenticated by its `?t=<device token>` before a resource sees it.
+ * On the plain UDP listener, a fast path (fast-telemetry.ts) answers the common CON
+ * `POST /telemetry` in front of the package, with the same answers and the same response cache.
  */
-import { createSocket, type Socket } from 'node:dgram';
-import { isIPv6 } from 'node:net';
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { lookup as dnsLookup, type LookupOneOptions } from 'node:dns';
+import { isIP, isIPv6 } from 'node:net';
 import { createServer, type IncomingMessage, type OutgoingMessage, type Server } from 'coap';
 import { Counter, Gauge } from 'prom-client';
 import { CoapActivity } from './activity.js';
+import { createFastTelemetry, rateLimitAnswer, telemetryAnswer, type FastTelemetry, type Handoff } from './fast-telemetry.js';
 import { createGuard, transferKey } from './guard.js';
 import { CoapObservers } from './observers.js';
-import { replyError, setCode } from './reply.js';
+import { replyAnswer, replyError, setCode, type Answer } from './reply.js';
 import { isGatewayError } from '../../src/core/errors.js';
 import { commandsResource } from './resources/commands.js';
 import { shadowResource } from './resources/shadow.js';
@@ -44,7 +48,17 @@ const WELL_KNOWN_CORE = [
 ].join(',');
 
 export async function bindCoap(host: string, port: number): Promise<CoapListener> {
-  const socket = createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4', reuseAddr: false });
+  // Every response goes to the IP address a request came from; dgram still resolves it with
+  // dns.lookup, which answers an IP literal a tick later (process.nextTick per datagram). Once the
+  // socket is bound, an IP literal is passed straight through, and the send happens synchronously.
+  let bound = false;
+  const lookup = (address: string, family: number | LookupOneOptions, callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void => {
+    const version = isIP(address);
+    if (bound && version !== 0) return callback(null, address, version);
+    if (typeof family === 'number') dnsLookup(address, family, callback);
+    else dnsLookup(address, family, callback);
+  };
+  const socket = createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4', reuseAddr: false, lookup });
   await new Promise<void>((resolve, reject) => {
     socket.once('error', reject);
     socket.bind(port, host, () => {
@@ -52,6 +66,7 @@ export async function bindCoap(host: string, port: number): Promise<CoapListener
       resolve();
     });
   });
+  bound = true;
   socket.on('error', () => {
     // A UDP socket error (ICMP unreachable etc.) must never crash the process.
   });
@@ -65,14 +80,17 @@ export async function bindCoap(host: string, port: number): Promise<CoapListener
 /** The `coap` package's server internals replaced here (lib/server.js). */
 interface ServerInternals {
   _middlewares: unknown[];
+  /** The socket's 'message' listener, made once by `listen`. */
+  handleRequest(): (msg: Buffer, rsinfo: RemoteInfo) => void;
   _toCacheKey(request: { rsinfo: { address: string; port: number } }, packet: { code?: string; options?: { name: string | number; value: Buffer }[] }): string | null;
   _toKey(request: unknown, packet: { code?: string; ack?: boolean; options?: { name: string | number; value: unknown }[] }, appendToken: boolean): string;
-  _lru: { size: number; clear(): void; constructor: new (opts: object) => ServerInternals['_lru'] };
+  /** Responses by `_toKey` (endpoint / message id + token): the encoded datagram, with its retransmission state when the package sent it. */
+  _lru: { size: number; clear(): void; has(key: string): boolean; peek(key: string): Buffer | undefined; set(key: string, value: Buffer): unknown; constructor: new (opts: object) => ServerInternals['_lru'] };
   _block2Cache: { add(key: string, payload: unknown): void };
 }
 
 /** `t=...` from the query; the token is never logged (pino redacts `t=` in URLs too). */
-function splitUrl(url: string): { path: string; query: URLSearchParams } {
+export function splitUrl(url: string): { path: string; query: URLSearchParams } {
   const q = url.indexOf('?');
   if (q < 0) return { path: url, query: new URLSearchParams() };
   // CoAP Uri-Query options arrive joined with '&' and are not percent-encoded: keep '+' as is.
@@ -95,6 +113,8 @@ export interface MountOptions {
   identify?: (rsinfo: { address: string; port: number }) => string | null;
   /** Sends a datagram (the guard's own refusals); defaults to the socket's send. */
   send?: (buf: Buffer, port: number, address: string) => void;
+  /** Answer CON `POST /telemetry` on the fast path (fast-telemetry.ts): a real dgram socket, no `identify`. */
+  fastPath?: boolean;
 }
 
 export interface MountedServer {
@@ -134,7 +154,14 @@ export function mountCoapServer(ctx: CoapContext, socket: Socket, opts: MountOpt
   const { deps, activity, resources, requests, dropped } = ctx;
   const log = deps.log;
 
-  const handle = async (req: IncomingMessage, res: OutgoingMessage): Promise<void> => {
+  /** The fast path, when mounted: it hands requests whose store answers asynchronously to `handle`. */
+  let fast: FastTelemetry | null = null;
+
+  const handle = async (req: IncomingMessage, res: OutgoingMessage, handed: Handoff | null): Promise<void> => {
+    if (handed !== null) {
+      // Authenticated, counted against the rate limits and being ingested by the fast path already.
+      return replyAnswer(res, telemetryAnswer(await handed.outcome));
+    }
     const { path, query } = splitUrl(req.url);
     if (path === '/.well-known/core') {
       if (req.method !== 'GET') return replyError(res, '4.05', 'use GET');
@@ -163,24 +190,31 @@ export function mountCoapServer(ctx: CoapContext, socket: Socket, opts: MountOpt
     const refusal = deps.rateLimits.messages.take(deviceId) ?? deps.rateLimits.bytes.take(deviceId, req.payload.length);
     if (refusal) {
       dropped.inc({ reason: 'rate_limited' });
-      return replyError(res, '4.29', `rate limit exceeded: ${refusal.limit}`, Math.max(1, Math.ceil(refusal.retryAfterMs / 1000)));
+      return replyAnswer(res, rateLimitAnswer(refusal));
     }
     activity.seen(deviceId, opts.protocol);
     await resource({ req, res, deviceId, path, query, protocol: opts.protocol });
   };
 
+  /** The answer to an exception from a resource or the pipeline (logged here). */
+  const failureAnswer = (err: unknown, resource: string): Answer => {
+    // The store is unreachable (Redis down): 5.03 with Max-Age, the device retries later.
+    if (isGatewayError(err) && err.code === 'unavailable') {
+      log.warn({ resource, err: err.message }, 'coap request refused: store unavailable');
+      return { code: '5.03', diagnostic: 'service unavailable; retry later', maxAgeSeconds: 5 };
+    }
+    log.error({ err, resource }, 'coap request failed');
+    return { code: '5.00', diagnostic: 'internal error' };
+  };
+
   const server: Server = createServer({ type: socket.address().family === 'IPv6' ? 'udp6' : 'udp4', piggybackReplyMs: 50 }, (req, res) => {
+    // First, synchronously: the package emits a handed-off request within the fast path's call.
+    const handed = fast?.takeHandoff() ?? null;
     const resource = req.url.split('?')[0]?.split('/')[1] ?? '';
     res.once('finish', () => requests.inc({ resource, code: res.code || res.statusCode || '2.05' }));
-    handle(req, res).catch((err: unknown) => {
-      // The store is unreachable (Redis down): 5.03 with Max-Age, the device retries later.
-      if (isGatewayError(err) && err.code === 'unavailable') {
-        log.warn({ resource, err: err.message }, 'coap request refused: store unavailable');
-        if (!res.writableEnded) replyError(res, '5.03', 'service unavailable; retry later', 5);
-        return;
-      }
-      log.error({ err, resource }, 'coap request failed');
-      if (!res.writableEnded) replyError(res, '5.00', 'internal error');
+    handle(req, res, handed).catch((err: unknown) => {
+      const answer = failureAnswer(err, resource);
+      if (!res.writableEnded) replyAnswer(res, answer);
     });
   });
   const internals = server as unknown as ServerInternals;
@@ -213,6 +247,25 @@ export function mountCoapServer(ctx: CoapContext, socket: Socket, opts: MountOpt
     }),
     handleServerRequest,
   ];
+  if (opts.fastPath === true) {
+    const packageHandler = internals.handleRequest.bind(server);
+    let fullPath: (msg: Buffer, rsinfo: RemoteInfo) => void = () => undefined;
+    const path = createFastTelemetry({
+      deps,
+      activity,
+      responses: internals._lru,
+      send: (buf, port, address) => socket.send(buf, port, address),
+      fullPath: (msg, rsinfo) => fullPath(msg, rsinfo),
+      answered: (code) => requests.inc({ resource: 'telemetry', code }),
+      rateLimited: () => dropped.inc({ reason: 'rate_limited' }),
+      failure: (err) => failureAnswer(err, 'telemetry'),
+    });
+    internals.handleRequest = () => {
+      fullPath = packageHandler();
+      return path.onMessage;
+    };
+    fast = path;
+  }
   server.on('error', (err: Error) => log.debug({ err: err.message }, 'coap server error'));
   server.listen(socket);
   return {
@@ -226,7 +279,7 @@ export async function startCoapEdge(deps: CoapEdgeDeps, opts: { host: string; po
   const listener = await bindCoap(opts.host, opts.port);
   const { socket } = listener;
   const ctx = createCoapContext(deps);
-  const mounted = mountCoapServer(ctx, socket, { protocol: 'coap' });
+  const mounted = mountCoapServer(ctx, socket, { protocol: 'coap', fastPath: true });
 
   const onRevoked = (record: { id: string }) => {
     ctx.observers.endDevice(record.id, '4.01', 'the device token was revoked');

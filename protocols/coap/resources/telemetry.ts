@@ -1,6 +1,7 @@
 /** `POST /telemetry` (contract §7): the same pipeline as MQTT and HTTP; 2.04, or 4.00/4.13/4.15 with the reason. */
 import { encodingOf } from '../content-format.js';
-import { replyEmpty, replyError } from '../reply.js';
+import { telemetryAnswer } from '../fast-telemetry.js';
+import { replyAnswer, replyError } from '../reply.js';
 import type { CoapEdgeDeps, CoapExchange } from '../types.js';
 import type { IngestOutcome } from '../../../src/core/telemetry.js';
 
@@ -10,12 +11,7 @@ export function telemetryResource(deps: CoapEdgeDeps) {
     if (req.method !== 'POST') return replyError(res, '4.05', 'use POST on /telemetry');
     const contentType = encodingOf(req);
     if (contentType === 'unsupported') return replyError(res, '4.15', 'content-format must be 50 (application/json) or 42 (protobuf)');
-    const finish = (outcome: IngestOutcome) => {
-      if (outcome.ok) return replyEmpty(res, '2.04');
-      const { code, message, path } = outcome.error;
-      const text = path && !message.startsWith(path) ? `${path}: ${message}` : message;
-      replyError(res, code === 'too_large' ? '4.13' : code === 'unsupported_content_type' ? '4.15' : '4.00', text);
-    };
+    const finish = (outcome: IngestOutcome) => replyAnswer(res, telemetryAnswer(outcome));
     const outcome = deps.ingestTelemetry({ deviceId: ex.deviceId, protocol: ex.protocol, payload: req.payload, ...(contentType && { contentType }) });
     if (outcome instanceof Promise) return outcome.then(finish);
     finish(outcome);
