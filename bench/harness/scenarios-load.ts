@@ -150,6 +150,13 @@ export const overload: Scenario = {
   },
 };
 
+function median(xs: number[]): number | null {
+  if (xs.length === 0) return null;
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
 export const soakCoap: Scenario = {
   name: 'soak-coap',
   unit: '% RSS growth',
@@ -164,15 +171,23 @@ export const soakCoap: Scenario = {
     const gw = await withTarget(ctx, { kind: 'iotgate', store: storeOf(head), records, keepSamples: true }, (t) =>
       measure(ctx, t, coapJob(ctx, t.ports.coap ?? 0, rate), { warmupMs: 0, measureMs }),
     );
-    const at = (ms: number) => gw.rssSamples.reduce((best, s) => (Math.abs(s.atMs - ms) < Math.abs(best.atMs - ms) ? s : best), gw.rssSamples[0] ?? { atMs: 0, rssMB: gw.rssMB });
-    const first = at(firstMs).rssMB;
-    const last = gw.rssSamples.at(-1)?.rssMB ?? gw.rssMB;
+    // RSS swings by up to 2x with each major GC under this load, so one sample at 60 s against
+    // one at the end compares GC phases as much as levels: the level of each minute is the median
+    // of the 100 ms samples of its second half (30-60 s and 270-300 s).
+    const samples = gw.rssSamples;
+    const endMs = samples.at(-1)?.atMs ?? measureMs;
+    const level = (fromMs: number, toMs: number) => median(samples.filter((x) => x.atMs >= fromMs && x.atMs <= toMs).map((x) => x.rssMB)) ?? gw.rssMB;
+    const first = level(firstMs / 2, firstMs);
+    const last = level(endMs - firstMs / 2, endMs);
+    const at = (ms: number) => samples.reduce((best, x) => (Math.abs(x.atMs - ms) < Math.abs(best.atMs - ms) ? x : best), samples[0] ?? { atMs: 0, rssMB: gw.rssMB });
     const growth = first > 0 ? ((last - first) / first) * 100 : Number.NaN;
     const row = measuredRow(head, gw, growth, {
       ratePerSec: rate,
       requests: gw.load.completed,
       rssMinute1MB: round(first),
       rssMinute5MB: round(last),
+      rssAt60sMB: round(at(firstMs).rssMB),
+      rssAtEndMB: round(samples.at(-1)?.rssMB ?? gw.rssMB),
       ...(ctx.quick && { note: `--quick: ${measureMs / 1000} s (RSS at ${firstMs / 1000} s vs the end), not a soak: not judged` }),
     });
     judged(row, ctx.quick ? null : growth <= 10 && gw.load.errors === 0);
