@@ -2,6 +2,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TargetKind } from '../targets/protocol.js';
 import { measure, toMeasured, withTarget, type BenchContext, type Measured } from './measure.js';
+import type { Target } from './processes.js';
 import { round } from './report.js';
 import { judged, measuredRow } from './rows.js';
 import { bareAedes, checkStore, coapJob, flowJob, HOST, pipelineCapacity, PUBLISHERS, storeOf, TAGS, type Scenario, type Store } from './scenario-kit.js';
@@ -168,9 +169,21 @@ export const soakCoap: Scenario = {
     const measureMs = ctx.quick ? 3000 : 300_000;
     const firstMs = ctx.quick ? 600 : 60_000;
     ctx.progress(`  iotgate (${head.store}), ${rate} CON POST/s for ${measureMs / 1000} s`);
-    const gw = await withTarget(ctx, { kind: 'iotgate', store: storeOf(head), records, keepSamples: true }, (t) =>
-      measure(ctx, t, coapJob(ctx, t.ports.coap ?? 0, rate), { warmupMs: 0, measureMs }),
-    );
+    // Diagnostic, not judged: the live heap after a forced full GC at the end of minute 1 and at
+    // the end, which tells retained growth (a leak) from the GC's head-room growing.
+    const heapAfterGc: { minute1MB?: number; endMB?: number } = {};
+    const liveHeapMB = async (t: Target) => {
+      await t.gc();
+      const h = await t.heap();
+      return h === null ? undefined : round(h.heapUsedBytes / 1048576);
+    };
+    const gw = await withTarget(ctx, { kind: 'iotgate', store: storeOf(head), records, keepSamples: true }, async (t) => {
+      const probe = sleep(firstMs).then(async () => (heapAfterGc.minute1MB = await liveHeapMB(t)));
+      const m = await measure(ctx, t, coapJob(ctx, t.ports.coap ?? 0, rate), { warmupMs: 0, measureMs });
+      await probe;
+      heapAfterGc.endMB = await liveHeapMB(t);
+      return m;
+    });
     // RSS swings by up to 2x with each major GC under this load, so one sample at 60 s against
     // one at the end compares GC phases as much as levels: the level of each minute is the median
     // of the 100 ms samples of its second half (30-60 s and 270-300 s).
@@ -188,6 +201,8 @@ export const soakCoap: Scenario = {
       rssMinute5MB: round(last),
       rssAt60sMB: round(at(firstMs).rssMB),
       rssAtEndMB: round(samples.at(-1)?.rssMB ?? gw.rssMB),
+      ...(heapAfterGc.minute1MB !== undefined && { heapAfterGcMinute1MB: heapAfterGc.minute1MB }),
+      ...(heapAfterGc.endMB !== undefined && { heapAfterGcEndMB: heapAfterGc.endMB }),
       ...(ctx.quick && { note: `--quick: ${measureMs / 1000} s (RSS at ${firstMs / 1000} s vs the end), not a soak: not judged` }),
     });
     judged(row, ctx.quick ? null : growth <= 10 && gw.load.errors === 0);
