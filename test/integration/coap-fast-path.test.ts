@@ -13,13 +13,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { createSocket, type Socket } from 'node:dgram';
 import { connect as tcpConnect } from 'node:net';
-import { generate, parse, type Packet, type ParsedPacket } from 'coap-packet';
+import { generate, parse, type Packet } from 'coap-packet';
 import { parseFastTelemetry } from '../../protocols/coap/fast-telemetry.js';
 import { call } from '../helpers/http.js';
 import { build, suiteGateway, type Teardown, type TestGateway } from '../helpers/gateway.js';
-import { registerDevice, withDeadline, type Device } from '../helpers/mqtt.js';
+import { registerDevice, type Device } from '../helpers/mqtt.js';
+import { RawCoap, type Received } from '../helpers/coap-raw.js';
 import { startRedis } from '../helpers/redis.js';
 
 const TELEMETRY_LIMIT = 1024;
@@ -28,81 +28,14 @@ const gateway = suiteGateway({ IOTGATE_LIMITS_TELEMETRY_BYTES: String(TELEMETRY_
 let seq = 0;
 const uid = (name: string): string => `coapfast-${name}-${++seq}`;
 
-interface Received extends ParsedPacket {
-  raw: Buffer;
-}
-
 type Option = { name: string; value: Buffer };
 
-/** A dgram socket that keeps every datagram it receives and ACKs the server's CON messages. */
-class Udp {
-  readonly received: Received[] = [];
-  private readonly waiters = new Set<() => void>();
-  private mid = Math.floor(Math.random() * 60_000);
-
-  private constructor(
-    private readonly socket: Socket,
-    private readonly port: number,
-  ) {
-    socket.on('message', (raw) => {
-      let p: ParsedPacket;
-      try {
-        p = parse(raw);
-      } catch {
-        return;
-      }
-      this.received.push({ ...p, raw });
-      if (p.confirmable) this.send(generate({ code: '0.00', ack: true, messageId: p.messageId }));
-      for (const w of this.waiters) w();
-    });
-  }
-
-  static async open(t: Teardown, port: number): Promise<Udp> {
-    const socket = createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    t.after(() => socket.close());
-    return new Udp(socket, port);
-  }
-
-  nextMessageId(): number {
-    this.mid = (this.mid + 1) & 0xffff;
-    return this.mid;
-  }
-
-  send(buf: Buffer): void {
-    this.socket.send(buf, this.port, '127.0.0.1');
-  }
-
-  /** The `n`-th (0-based) received datagram after index `from` that matches, within 5 s. */
-  waitFor(match: (p: Received) => boolean, what: string, from = 0, n = 0): Promise<Received> {
-    const find = () => this.received.slice(from).filter(match)[n];
-    const found = find();
-    if (found) return Promise.resolve(found);
-    let check: (() => void) | undefined;
-    const arrived = new Promise<Received>((resolve) => {
-      check = () => {
-        const p = find();
-        if (p) resolve(p);
-      };
-      this.waiters.add(check);
-    });
-    return withDeadline(arrived, 5000, what).finally(() => check && this.waiters.delete(check));
-  }
-
-  /** Sends `datagram` and resolves the first non-empty message for its token after it. */
-  async exchange(datagram: Buffer, what: string): Promise<Received> {
-    const { token } = parse(datagram);
-    const from = this.received.length;
-    this.send(datagram);
-    return this.waitFor((p) => p.code !== '0.00' && p.token.equals(token), what, from);
-  }
-}
 
 const uriPath = (s: string): Option => ({ name: 'Uri-Path', value: Buffer.from(s) });
 const uriQuery = (s: string): Option => ({ name: 'Uri-Query', value: Buffer.from(s) });
 
 /** A telemetry request datagram: CON unless told, a fresh message id and token. */
-function telemetryDatagram(client: Udp, d: Pick<Device, 'token'>, body: Buffer | string, opts: { format?: number | null; extra?: Option[]; packet?: Partial<Packet> } = {}): Buffer {
+function telemetryDatagram(client: RawCoap, d: Pick<Device, 'token'>, body: Buffer | string, opts: { format?: number | null; extra?: Option[]; packet?: Partial<Packet> } = {}): Buffer {
   const format = opts.format === undefined ? 50 : opts.format;
   return generate(
     {
@@ -147,7 +80,7 @@ function seen(p: Received) {
 test('40 CON telemetry requests, each sent twice: the retransmission gets the same datagram, and each is stored once', async (t) => {
   const gw = gateway();
   const d = await registerDevice(gw, uid('dedup'));
-  const client = await Udp.open(t, gw.ports.coap);
+  const client = await RawCoap.open(t, gw.ports.coap);
   const datagrams = Array.from({ length: 40 }, (_, i) => telemetryDatagram(client, d, JSON.stringify({ i })));
   assert.ok(datagrams.every((g) => parseFastTelemetry(g) !== null), 'the fast path takes them');
 
@@ -165,7 +98,7 @@ test('40 CON telemetry requests, each sent twice: the retransmission gets the sa
 test('the fast path answers as the full path does: codes, options and diagnostics of every telemetry outcome', async (t) => {
   const gw = gateway();
   const d = await registerDevice(gw, uid('same'));
-  const client = await Udp.open(t, gw.ports.coap);
+  const client = await RawCoap.open(t, gw.ports.coap);
   const cases: [string, Buffer | string, number | null][] = [
     ['JSON accepted', '{"temp":21.5}', 50],
     ['no Content-Format: the type decides', '{"temp":21.5}', null],
@@ -195,7 +128,7 @@ test('the fast path answers as the full path does: codes, options and diagnostic
 test('a token the gateway does not accept, and the rate limit: the same answers on both paths', async (t) => {
   const gw = await build(t, { IOTGATE_LIMITS_DEVICE_MESSAGES: '[{"limit":4,"windowMs":60000}]' });
   const d = await registerDevice(gw, uid('limited'));
-  const client = await Udp.open(t, gw.ports.coap);
+  const client = await RawCoap.open(t, gw.ports.coap);
   const stranger = { token: `${d.token.slice(0, -4)}AAAA` };
   const bad = await client.exchange(telemetryDatagram(client, stranger, '{}'), 'a wrong token');
   assert.deepEqual(seen(bad), { type: 'ACK', code: '4.01', options: [], payload: 'the device token is invalid or revoked' });
@@ -221,7 +154,7 @@ test('a token the gateway does not accept, and the rate limit: the same answers 
 test('requests the fast path leaves to the full path: NON, Block1, a 9-byte token, a second Uri-Path', async (t) => {
   const gw = gateway();
   const d = await registerDevice(gw, uid('full'));
-  const client = await Udp.open(t, gw.ports.coap);
+  const client = await RawCoap.open(t, gw.ports.coap);
 
   const non = telemetryDatagram(client, d, '{"kind":"non"}', { packet: { confirmable: false } });
   assert.equal(parseFastTelemetry(non), null);
@@ -247,7 +180,7 @@ test('requests the fast path leaves to the full path: NON, Block1, a 9-byte toke
 test('malformed datagrams shaped like telemetry requests get what the full path gives them', async (t) => {
   const gw = gateway();
   const d = await registerDevice(gw, uid('malformed'));
-  const client = await Udp.open(t, gw.ports.coap);
+  const client = await RawCoap.open(t, gw.ports.coap);
   const malformed = 'iotgate_coap_dropped_total{reason="malformed"}';
   const before = await metric(gw, malformed);
 
@@ -263,9 +196,9 @@ test('malformed datagrams shaped like telemetry requests get what the full path 
   const head = telemetryDatagram(client, d, '{}');
   const bad = Buffer.concat([head.subarray(0, 8), Buffer.of(0xf1, 0x00)]);
   assert.equal(parseFastTelemetry(bad), null);
-  client.send(bad);
+  client.sendRaw(bad);
   // Three bytes: shorter than the header.
-  client.send(head.subarray(0, 3));
+  client.sendRaw(head.subarray(0, 3));
   const control = await client.exchange(telemetryDatagram(client, d, '{"after":true}'), 'a request after them');
   assert.equal(control.code, '2.04');
   assert.equal((await metric(gw, malformed)) - before, 2, 'both counted as malformed');
@@ -294,16 +227,16 @@ test('Redis store: piggybacked 2.04, a retransmission while the first is in the 
   if (!redis) return;
   const gw = await build(t, { IOTGATE_REDIS_URL: redis.url });
   const d = await registerDevice(gw, uid('redis'));
-  const client = await Udp.open(t, gw.ports.coap);
+  const client = await RawCoap.open(t, gw.ports.coap);
 
   // The very same datagram twice in a row: the second arrives while the first is being stored.
   const datagram = telemetryDatagram(client, d, '{"n":1}');
   assert.notEqual(parseFastTelemetry(datagram), null);
   const { token, messageId } = parse(datagram);
   const from = client.received.length;
-  client.send(datagram);
-  client.send(datagram);
-  const first = await client.waitFor((p) => p.token.equals(token), 'the response', from);
+  client.sendRaw(datagram);
+  client.sendRaw(datagram);
+  const first = await client.waitFor((p) => p.token.equals(token), 'the response', { from });
   assert.deepEqual([first.ack, first.code, first.messageId], [true, '2.04', messageId]);
   const again = await client.exchange(datagram, 'a later retransmission');
   assert.deepEqual(again.raw, first.raw, 'answered from the cache');
@@ -316,12 +249,12 @@ test('Redis store: piggybacked 2.04, a retransmission while the first is in the 
   const slow = telemetryDatagram(client, d, '{"n":2}');
   const slowReq = parse(slow);
   const mark = client.received.length;
-  client.send(slow);
-  const emptyAck = await client.waitFor((p) => p.code === '0.00' && p.ack && p.messageId === slowReq.messageId, 'the empty ACK', mark);
-  client.send(slow);
-  const emptyAgain = await client.waitFor((p) => p.code === '0.00' && p.ack && p.messageId === slowReq.messageId, 'the empty ACK again', mark, 1);
+  client.sendRaw(slow);
+  const emptyAck = await client.waitFor((p) => p.code === '0.00' && p.ack && p.messageId === slowReq.messageId, 'the empty ACK', { from: mark });
+  client.sendRaw(slow);
+  const emptyAgain = await client.waitFor((p) => p.code === '0.00' && p.ack && p.messageId === slowReq.messageId, 'the empty ACK again', { from: mark, nth: 1 });
   assert.deepEqual(emptyAgain.raw, emptyAck.raw);
-  const separate = await client.waitFor((p) => p.token.equals(slowReq.token) && p.code !== '0.00', 'the separate response', mark);
+  const separate = await client.waitFor((p) => p.token.equals(slowReq.token) && p.code !== '0.00', 'the separate response', { from: mark });
   assert.deepEqual([separate.confirmable, separate.ack, separate.code], [true, false, '2.04']);
   assert.notEqual(separate.messageId, slowReq.messageId, 'a message id of its own');
   assert.equal(client.received.slice(mark).filter((p) => p.token.equals(slowReq.token) && p.code === '2.04').length, 1, 'one response');

@@ -16,7 +16,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createSocket, type Socket } from 'node:dgram';
+import { createSocket } from 'node:dgram';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,6 +27,7 @@ import protobuf from 'protobufjs';
 import { call, type JsonResponse } from '../helpers/http.js';
 import { build, suiteGateway, type Teardown, type TestGateway } from '../helpers/gateway.js';
 import { registerDevice, withDeadline, type Device } from '../helpers/mqtt.js';
+import { RawCoap, type Received } from '../helpers/coap-raw.js';
 import { openEvents, type EventStream } from '../helpers/sse.js';
 import { requireTool, toolPath } from '../helpers/tools.js';
 
@@ -176,9 +177,6 @@ function assertCode(r: Reply, code: string, what: string): void {
 // ---------------------------------------------------------------------------------------------
 // A raw CoAP endpoint: exact datagrams, every datagram received kept in order
 
-interface Received extends ParsedPacket {
-  raw: Buffer;
-}
 
 const uintOf = (b: Buffer): number => b.reduce((n, byte) => n * 256 + byte, 0);
 const optionOf = (p: ParsedPacket, name: string): Buffer | undefined => p.options.find((o) => o.name === name)?.value;
@@ -195,82 +193,6 @@ function uri(path: string, query: string[] = []): { name: string; value: Buffer 
   ];
 }
 
-class RawCoap {
-  readonly received: Received[] = [];
-  /** ACK every CON message from the server (an Observe client must, or it is dropped). */
-  ackCon = true;
-  private readonly waiters = new Set<() => void>();
-  private mid = Math.floor(Math.random() * 50_000);
-
-  private constructor(
-    readonly socket: Socket,
-    private readonly port: number,
-  ) {
-    socket.on('message', (raw) => {
-      let p: ParsedPacket;
-      try {
-        p = parse(raw);
-      } catch {
-        return;
-      }
-      this.received.push({ ...p, raw });
-      if (p.confirmable && this.ackCon) this.sendRaw(generate({ code: '0.00', ack: true, messageId: p.messageId }));
-      for (const w of this.waiters) w();
-    });
-  }
-
-  static async open(t: Teardown, port: number): Promise<RawCoap> {
-    const socket = createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    t.after(() => socket.close());
-    return new RawCoap(socket, port);
-  }
-
-  nextMessageId(): number {
-    this.mid = (this.mid + 1) & 0xffff;
-    return this.mid;
-  }
-
-  sendRaw(buf: Buffer): void {
-    this.socket.send(buf, this.port, '127.0.0.1');
-  }
-
-  /** Sends a CON request (unless told otherwise) with a fresh message id and token; returns the datagram. */
-  send(packet: Packet): Buffer {
-    const buf = generate({ confirmable: true, messageId: this.nextMessageId(), token: randomBytes(4), ...packet }, 65_000);
-    this.sendRaw(buf);
-    return buf;
-  }
-
-  /** The first received datagram (already here or future) that matches, within `ms`. */
-  waitFor(match: (p: Received) => boolean, what: string, ms = 5000, from = 0): Promise<Received> {
-    const find = () => this.received.slice(from).find(match);
-    const found = find();
-    if (found) return Promise.resolve(found);
-    let check: (() => void) | undefined;
-    const arrived = new Promise<Received>((resolve) => {
-      check = () => {
-        const p = find();
-        if (p) resolve(p);
-      };
-      this.waiters.add(check);
-    });
-    return withDeadline(arrived, ms, what).finally(() => check && this.waiters.delete(check));
-  }
-
-  /** Everything (not empty ACKs) the server sent for `token`, in order. */
-  forToken(token: Buffer): Received[] {
-    return this.received.filter((p) => p.code !== '0.00' && p.token.equals(token));
-  }
-
-  /** Sends a request and resolves its response (piggybacked or separate). */
-  async request(packet: Packet, what: string): Promise<Received> {
-    const buf = this.send(packet);
-    const token = parse(buf).token;
-    const from = this.received.length;
-    return this.waitFor((p) => p.code !== '0.00' && p.token.equals(token), what, 5000, from);
-  }
-}
 
 /** An Observe registration through RawCoap: the first response and every notification after it. */
 async function observe(client: RawCoap, path: string, query: string[], what: string, opts: { confirmable?: boolean; token?: Buffer } = {}) {
@@ -1033,7 +955,7 @@ test('the deduplication cache is bounded by coap.dedupEntries: after 3,000 other
     const { token } = parse(datagram);
     const from = client.received.length;
     client.sendRaw(datagram);
-    return client.waitFor((p) => p.token.equals(token), what, 5000, from);
+    return client.waitFor((p) => p.token.equals(token), what, { from });
   };
   const count = async (marker: string) => (await telemetryOf(gw, d.id)).filter((r) => r.data.m === marker).length;
 
