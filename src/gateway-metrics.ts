@@ -2,9 +2,23 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { TelemetryCounters } from './core/telemetry.js';
 
-/** The counters behind core's TelemetryCounters. */
+/**
+ * The counters behind core's TelemetryCounters. Accepted messages (one per telemetry message: the
+ * hot path) are counted in a plain map and handed to prom-client at scrape time; `inc` with labels
+ * hashes and validates the labels on every call.
+ */
 export function telemetryCounters(registry: Registry): TelemetryCounters {
-  const accepted = new Counter({ name: 'iotgate_telemetry_accepted_total', help: 'Telemetry messages accepted by protocol', labelNames: ['protocol'], registers: [registry] });
+  const acceptedBy = new Map<string, number>();
+  new Counter({
+    name: 'iotgate_telemetry_accepted_total',
+    help: 'Telemetry messages accepted by protocol',
+    labelNames: ['protocol'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [protocol, n] of acceptedBy) this.inc({ protocol }, n);
+    },
+  });
   const rejected = new Counter({
     name: 'iotgate_telemetry_rejected_total',
     help: 'Telemetry messages rejected by protocol and reason',
@@ -12,7 +26,7 @@ export function telemetryCounters(registry: Registry): TelemetryCounters {
     registers: [registry],
   });
   return {
-    accepted: (protocol) => accepted.inc({ protocol }),
+    accepted: (protocol) => void acceptedBy.set(protocol, (acceptedBy.get(protocol) ?? 0) + 1),
     rejected: (protocol, reason) => rejected.inc({ protocol, reason }),
   };
 }

@@ -29,3 +29,11 @@ export async function call(
   }
   return { status: res.status, headers: res.headers, body: parsed, text };
 }
+
+/** The value of one Prometheus series of the gateway at `gw.url` (`name{labels}` as exposed), 0 when absent. */
+export async function metric(gw: { url: string }, series: string): Promise<number> {
+  const res = await call(gw.url, 'GET', '/metrics');
+  if (res.status !== 200) throw new Error(`GET /metrics: ${res.status}`);
+  const line = res.text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.slice(series.length + 1)) : 0;
+}

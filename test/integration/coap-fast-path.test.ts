@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { connect as tcpConnect } from 'node:net';
 import { generate, parse, type Packet } from 'coap-packet';
 import { parseFastTelemetry } from '../../protocols/coap/fast-telemetry.js';
-import { call } from '../helpers/http.js';
+import { call, metric } from '../helpers/http.js';
 import { build, suiteGateway, type Teardown, type TestGateway } from '../helpers/gateway.js';
 import { registerDevice, type Device } from '../helpers/mqtt.js';
 import { RawCoap, type Received } from '../helpers/coap-raw.js';
@@ -64,12 +64,6 @@ async function storedCount(gw: TestGateway, id: string): Promise<number> {
   return (res.body.items as unknown[]).length;
 }
 
-async function metric(gw: TestGateway, series: string): Promise<number> {
-  const res = await call(gw.url, 'GET', '/metrics');
-  const line = res.text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line ? Number(line.slice(series.length + 1)) : 0;
-}
-
 /** What a device sees of a response, without the message id and token (they differ per request). */
 function seen(p: Received) {
   return { type: p.ack ? 'ACK' : p.confirmable ? 'CON' : p.reset ? 'RST' : 'NON', code: p.code, options: p.options.map((o) => `${o.name}=${o.value.toString('hex')}`), payload: p.payload.toString('utf8') };
@@ -83,6 +77,7 @@ test('40 CON telemetry requests, each sent twice: the retransmission gets the sa
   const client = await RawCoap.open(t, gw.ports.coap);
   const datagrams = Array.from({ length: 40 }, (_, i) => telemetryDatagram(client, d, JSON.stringify({ i })));
   assert.ok(datagrams.every((g) => parseFastTelemetry(g) !== null), 'the fast path takes them');
+  const acceptedBefore = await metric(gw, 'iotgate_telemetry_accepted_total{protocol="coap"}');
 
   const first = await Promise.all(datagrams.map((g, i) => client.exchange(g, `request ${i}`)));
   const again = await Promise.all(datagrams.map((g, i) => client.exchange(g, `retransmission ${i}`)));
@@ -93,6 +88,7 @@ test('40 CON telemetry requests, each sent twice: the retransmission gets the sa
     assert.deepEqual((again[i] as Received).raw, r.raw, `retransmission ${i}: byte for byte`);
   }
   assert.equal(await storedCount(gw, d.id), 40, 'stored once each');
+  assert.equal((await metric(gw, 'iotgate_telemetry_accepted_total{protocol="coap"}')) - acceptedBefore, 40, 'accepted once each');
 });
 
 test('the fast path answers as the full path does: codes, options and diagnostics of every telemetry outcome', async (t) => {

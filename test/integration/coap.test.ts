@@ -24,7 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { Agent, defaultTiming, request as coapRequest, updateTiming, type IncomingMessage } from 'coap';
 import { generate, parse, type Packet, type ParsedPacket } from 'coap-packet';
 import protobuf from 'protobufjs';
-import { call, type JsonResponse } from '../helpers/http.js';
+import { call, metric, type JsonResponse } from '../helpers/http.js';
 import { build, suiteGateway, type Teardown, type TestGateway } from '../helpers/gateway.js';
 import { registerDevice, withDeadline, type Device } from '../helpers/mqtt.js';
 import { RawCoap, type Received } from '../helpers/coap-raw.js';
@@ -103,13 +103,6 @@ const patchDesired = (gw: TestGateway, id: string, desired: Json, name = '') =>
   rest(gw, 'PATCH', `/v1/devices/${id}/shadow${name ? `?name=${name}` : ''}`, { state: { desired } });
 
 /** The value of a series in /metrics, e.g. `x_total{a="b"}` (0 when absent). */
-async function metric(gw: TestGateway, series: string): Promise<number> {
-  const res = await call(gw.url, 'GET', '/metrics');
-  assert.equal(res.status, 200, '/metrics');
-  const line = res.text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line ? Number(line.slice(series.length + 1)) : 0;
-}
-
 function events(t: Teardown, gw: TestGateway, types: string, device: string): Promise<EventStream> {
   return gw.token('telemetry:read').then((tk) => openEvents(t, gw, `types=${types}&devices=${device}`, tk));
 }

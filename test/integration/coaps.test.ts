@@ -17,7 +17,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dtlsAddonPath } from '../../protocols/coap/dtls-native.js';
-import { call } from '../helpers/http.js';
+import { call, metric } from '../helpers/http.js';
 import { suiteGateway, type TestGateway } from '../helpers/gateway.js';
 import { registerDevice, type Device } from '../helpers/mqtt.js';
 import { toolPath } from '../helpers/tools.js';
@@ -106,12 +106,6 @@ async function telemetryOf(gw: TestGateway, id: string): Promise<{ protocol: str
 async function setDesired(gw: TestGateway, id: string, desired: Record<string, unknown>) {
   const res = await rest(gw, 'PATCH', `/v1/devices/${id}/shadow`, 'shadow:write', { state: { desired } });
   assert.equal(res.status, 200, res.text);
-}
-
-async function metric(gw: TestGateway, series: string): Promise<number> {
-  const res = await call(gw.url, 'GET', '/metrics');
-  const line = res.text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line ? Number(line.slice(series.length + 1)) : 0;
 }
 
 /** Log entries written from now on. */

@@ -14,7 +14,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import mqttPacket, { type IConnackPacket, type IConnectPacket, type IPublishPacket, type ISubackPacket, type Packet } from 'mqtt-packet';
 import { loadConfig } from '../../src/config/load.js';
 import { build, type TestGateway, type Teardown } from '../helpers/gateway.js';
-import { call } from '../helpers/http.js';
+import { call, metric } from '../helpers/http.js';
 import { varint } from '../helpers/bytes.js';
 import {
   assertRefused,
@@ -289,11 +289,6 @@ async function healthy(gw: TestGateway): Promise<void> {
 }
 
 /** The value of a counter in /metrics (0 when absent). */
-async function metric(gw: TestGateway, series: string): Promise<number> {
-  const res = await call(gw.url, 'GET', '/metrics');
-  const line = res.text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line ? Number(line.slice(series.length + 1)) : 0;
-}
 
 /** Resolves once `condition` holds, checking every 10 ms, or fails after `ms`. */
 async function until(condition: () => Promise<boolean> | boolean, what: string, ms = 5000): Promise<void> {

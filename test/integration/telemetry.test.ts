@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
-import { call, type JsonResponse } from '../helpers/http.js';
+import { call, metric, type JsonResponse } from '../helpers/http.js';
 import { suiteGateway, type Teardown, type TestGateway } from '../helpers/gateway.js';
 import { deviceLogin, onTopic, openSession, registerDevice, subscribeGranted, tcpUrl, type Device, type Message, type Session } from '../helpers/mqtt.js';
 import { hasTool } from '../helpers/tools.js';
@@ -165,12 +165,6 @@ function assertProblem(res: JsonResponse, status: number, what: string): void {
 }
 
 /** The value of a series in /metrics, e.g. `x_total{a="b"}` (0 when absent). */
-async function metric(gw: TestGateway, series: string): Promise<number> {
-  const res = await call(gw.url, 'GET', '/metrics');
-  assert.equal(res.status, 200, '/metrics');
-  const line = res.text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line ? Number(line.slice(series.length + 1)) : 0;
-}
 const rejectedSeries = (protocol: string, reason: string) => `iotgate_telemetry_rejected_total{protocol="${protocol}",reason="${reason}"}`;
 
 /** Resolves once Date.now() has moved past `ms` (so the next record gets a later receivedAt). */
