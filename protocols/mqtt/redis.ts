@@ -175,6 +175,12 @@ export function redisBrokerState(opts: RedisBrokerOptions): BrokerStateFactory {
 
     const enqueue = persistence.outgoingEnqueueCombi.bind(persistence);
     persistence.outgoingEnqueueCombi = async (subs: Sub[], packet: unknown) => {
+      // aedes calls this for every publish; with no persistent subscriber there is nothing to do
+      // (and only a stale entry to drop, if beforeAck stored for a subscriber gone since).
+      if (subs.length === 0) {
+        if (early.enqueued.size > 0) early.enqueued.delete(keyOf(packet));
+        return;
+      }
       if (early.enqueued.delete(keyOf(packet))) return;
       const elsewhere = subs.filter((s) => !ctx.isLocal(s.clientId));
       if (elsewhere.length === 0) return enqueue(subs, packet);
