@@ -114,6 +114,13 @@ export const BUS_EVENT_MAPPERS: BusMappers = {
     toCloudEvent('iotgate.shadow.updated', e.deviceId, { deviceId: e.deviceId, name: e.name, writer: e.writer, version: e.version, deleted: true }),
 };
 
+type BusDataJson = { [K in keyof GatewayEvents]?: (...args: GatewayEvents[K]) => string | undefined };
+
+/** Bus events that come with their CloudEvent data already serialized (by the store). */
+export const BUS_EVENT_DATA_JSON: BusDataJson = {
+  telemetry: (_record, json) => json,
+};
+
 export class EventHub {
   private readonly ring: (HubEntry | undefined)[];
   private readonly capacity: number;
@@ -135,11 +142,10 @@ export class EventHub {
     if (bus) {
       for (const name of Object.keys(BUS_EVENT_MAPPERS) as (keyof GatewayEvents)[]) {
         const map = BUS_EVENT_MAPPERS[name] as (...args: unknown[]) => CloudEvent;
-        // Telemetry comes with its record's JSON when the store made one (TelemetryService).
-        const dataJson = name === 'telemetry' ? (args: unknown[]) => (typeof args[1] === 'string' ? args[1] : undefined) : () => undefined;
+        const dataJson = BUS_EVENT_DATA_JSON[name] as ((...args: unknown[]) => string | undefined) | undefined;
         const listener = (...args: unknown[]): void => {
           try {
-            this.publish(map(...args), undefined, dataJson(args));
+            this.publish(map(...args), undefined, dataJson?.(...args));
           } catch (err) {
             // The bus contract: listeners must not throw into the emitter (the ingest path).
             this.log?.error({ err, event: name }, 'could not publish a bus event');
