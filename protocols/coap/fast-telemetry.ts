@@ -23,7 +23,8 @@
  * A store that answers asynchronously (Redis) returns a promise from the pipeline: the request is
  * then handed to the full path with its outcome (`takeHandoff`), so the package's piggyback timer
  * (an empty ACK and a separate CON response after 50 ms) applies unchanged. A retransmission of
- * such a request is never ingested a second time: while it is still in the pipeline it is dropped
+ * such a handed-off request is never ingested a second time (requests the full path took from the
+ * start keep the package's own behaviour): while it is still in the pipeline it is dropped
  * (its answer is on the way), and once the package has sent the empty ACK (which it caches under
  * endpoint / message id, without the token) the retransmission gets that ACK again (RFC 7252 §4.5;
  * the package itself would run the request again).
@@ -112,6 +113,9 @@ export function parseFastTelemetry(msg: Buffer): FastTelemetryRequest | null {
     } else if (number === URI_QUERY) {
       // Printable ASCII only, nothing URLSearchParams would decode ('%') or split ('&'): the full
       // path joins the queries with '&' and reads them with URLSearchParams ('+' kept as is).
+      // A first query starting with '?' reads differently on the full path (the package prefixes
+      // the first query with '?' and URLSearchParams drops one leading '?'): its business.
+      if (msg[i] === 0x3f) return null;
       let eq = -1;
       for (let j = i; j < i + length; j++) {
         const c = msg[j] as number;

@@ -45,8 +45,10 @@ export function replyError(res: OutgoingMessage, code: CoapCode, diagnostic: str
 
 /** `answer` through the `coap` package's response: replyEmpty without a diagnostic, else replyError. */
 export function replyAnswer(res: OutgoingMessage, answer: Answer): void {
-  if (answer.diagnostic === undefined) return replyEmpty(res, answer.code);
-  replyError(res, answer.code, answer.diagnostic, answer.maxAgeSeconds);
+  if (answer.diagnostic !== undefined) return replyError(res, answer.code, answer.diagnostic, answer.maxAgeSeconds);
+  // Max-Age as encodePiggybacked writes it, with or without a diagnostic.
+  if (answer.maxAgeSeconds !== undefined) res.setOption('Max-Age', answer.maxAgeSeconds);
+  replyEmpty(res, answer.code);
 }
 
 /** A uint option value as the `coap` package encodes it (option_converter `fromUint`): big-endian, no leading zero bytes. */

@@ -117,9 +117,10 @@ export class GuardedBytes extends FrameScanner {
     super(maxPacketBytes);
   }
 
-  append(chunk: Uint8Array): this {
+  append(chunk: Uint8Array | string): this {
     if (this.violation !== null) return this;
-    let buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    // A string only if someone set an encoding on the connection (bl takes it as UTF-8 too).
+    let buf = Buffer.isBuffer(chunk) ? chunk : typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     const cut = this.scan(buf);
     if (cut >= 0) {
       this.conn.destroy();
@@ -160,8 +161,7 @@ export class GuardedBytes extends FrameScanner {
     if (start >= this.length || end <= 0) return Buffer.alloc(0);
     const bufs = this.bufs;
     if (start === 0 && end === this.length && bufs.length > 1) {
-      const all = Buffer.concat(bufs, this.length + this.head);
-      return this.head === 0 ? all : all.subarray(this.head);
+      return Buffer.concat(this.head === 0 ? bufs : [(bufs[0] as Buffer).subarray(this.head), ...bufs.slice(1)], this.length);
     }
     // Offsets in physical bytes of bufs[0]; the chunk that holds `start` (bl: the last one when
     // `start` is past every chunk).

@@ -38,11 +38,13 @@ export function replyArray(reply: unknown, what: string): (string | null)[] {
  * A command whose argument array is sent as given. ioredis' `Command` copies its arguments with
  * `Array#flat` and the script wrapper spreads them twice more: for a batch script with hundreds
  * of arguments per call that was the largest single cost of the Redis ingest path (about 2 µs per
- * message in the telemetry pipeline benchmark). Arguments must already be strings.
+ * message in the telemetry pipeline benchmark). Arguments must already be strings, and are sent
+ * as they are: no ioredis `keyPrefix` is applied (the stores build whole keys with RedisKeys).
+ * Replies come as strings, like those of a command defined with `defineCommand`.
  */
 class PreparedCommand extends Command {
   constructor(name: string, args: string[]) {
-    super(name);
+    super(name, [], { replyEncoding: 'utf8' });
     this.args = args;
   }
 }
