@@ -10,6 +10,7 @@ import type { DeviceProtocol } from '../../src/core/model.js';
 import type { DisconnectReason } from '../../src/core/events.js';
 import { createCounters, type EdgeContext } from './context.js';
 import { guardStream } from './guard.js';
+import { batchWrites } from './write-batch.js';
 import { createAuthenticate } from './hooks/authenticate.js';
 import { createAuthorizeForward } from './hooks/authorize-forward.js';
 import { createAuthorizePublish, DROPPED_TOPIC } from './hooks/authorize-publish.js';
@@ -196,6 +197,7 @@ export async function createMqttBroker(deps: MqttEdgeDeps, state: BrokerStateFac
       sessions.addConnection(stream, info);
       aedes.handle(stream);
       info.guard = guardStream(stream, settings.maxPacketBytes);
+      batchWrites(stream);
     },
     disconnectDevice(deviceId, reason) {
       const client = sessions.deviceClient(deviceId);
