@@ -27,6 +27,8 @@ export function eventOutputs(config: Config, hub: EventHub, redis: RedisStores |
   const url = config.redis.url;
   const stream =
     url === undefined ? null : new RedisEventStream({ hub, url, maxLen: config.events.streamMaxLen, log: log.child({ module: 'event-stream' }), metrics });
+  // The telemetry store writes the telemetry events with their records (one script call, one copy of the data).
+  if (stream !== null && redis !== null) redis.telemetry.writeEventsTo(stream.telemetryOutbox());
   const eventLog: EventLog =
     redis === null || url === undefined
       ? new LocalEventLog(hub)

@@ -64,7 +64,8 @@ function ownNumber(data: unknown, key: string): number | undefined {
 let lastMs = Number.NaN;
 let lastIso = '';
 
-function isoTime(t: string | number | Date): string {
+/** An event `time`: ISO 8601 (the string of a millisecond is built once). */
+export function isoTime(t: string | number | Date): string {
   if (typeof t === 'string') return t;
   if (typeof t !== 'number') return t.toISOString();
   if (t !== lastMs) {

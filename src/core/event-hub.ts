@@ -17,6 +17,12 @@ export class HubEntry {
   /** The id SSE shows: the sequence number, or the Redis Stream entry id of a stream-fed hub. */
   readonly id: string;
 
+  /**
+   * The publisher handed the data's JSON: for `iotgate.telemetry`, the Redis telemetry store's,
+   * which has stored the record (and, given an outbox, written its event to the event stream).
+   */
+  readonly fromStore: boolean;
+
   constructor(
     readonly seq: number,
     readonly event: CloudEvent,
@@ -24,6 +30,7 @@ export class HubEntry {
     private dataText?: string,
   ) {
     this.id = id ?? String(seq);
+    this.fromStore = dataText !== undefined;
   }
 
   /** The CloudEvent as JSON, serialized on first use and cached. */

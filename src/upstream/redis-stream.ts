@@ -11,6 +11,10 @@
  * every event once. Writes are `XADD iotgate:events MAXLEN ~ <events.streamMaxLen> * ...`,
  * one script call per batch: whatever accumulated while one batch was on its way goes in the next.
  *
+ * With the Redis stores, the telemetry events are written by the telemetry store instead, in the
+ * script that stores their records (`telemetryOutbox`): an event for every stored record, none for
+ * a record not stored, whatever happens to this writer's buffer.
+ *
  * Back-pressure is a bounded buffer, never an await on the ingest path: while Redis is slow or
  * down, events wait in memory up to `maxBuffer` (the oldest is dropped and counted beyond that),
  * and one batch at a time waits in the Redis client. Delivery is at least once: a batch whose
@@ -22,6 +26,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import type { CloudEvent } from '../core/cloudevents.js';
 import type { EventHub, HubEntry } from '../core/event-hub.js';
 import { BatchScript } from '../stores/redis/scripts.js';
+import type { TelemetryEventOutbox } from '../stores/redis/telemetry.js';
 import { BoundedQueue } from './delivery.js';
 
 export const EVENT_STREAM_KEY = 'iotgate:events';
@@ -125,6 +130,7 @@ export class RedisEventStream {
   private droppedCount = 0;
   private writtenCount = 0;
   private closing: Promise<void> | null = null;
+  private storeWritesTelemetry = false;
 
   constructor(opts: RedisEventStreamOptions) {
     if (!opts.redis && opts.url === undefined) throw new Error('RedisEventStream needs a url or a redis connection');
@@ -201,19 +207,44 @@ export class RedisEventStream {
     return this.closing;
   }
 
+  /**
+   * Hands the `iotgate.telemetry` events of the Redis telemetry store's records over to that store,
+   * which writes each in the script that stores its record (src/stores/redis/telemetry.ts): the
+   * event is in the stream if and only if the record is in Redis, and its data goes to Redis once.
+   * This writer then skips them (hub entries whose data the store serialized) and only counts them
+   * in its metrics. Both must use the same Redis.
+   */
+  telemetryOutbox(): TelemetryEventOutbox {
+    this.storeWritesTelemetry = true;
+    return {
+      key: this.key,
+      maxLen: Number(this.maxLen),
+      written: (count) => {
+        this.writtenCount += count;
+        this.metrics?.written.inc(count);
+      },
+      refused: (eventId, err) => this.dropped(eventId, 'iotgate.telemetry', 'rejected', err),
+    };
+  }
+
   private enqueue(entry: HubEntry): void {
     if (this.closing) return;
+    if (this.storeWritesTelemetry && entry.fromStore && entry.event.type === 'iotgate.telemetry') return;
     const evicted = this.queue.push(entry);
     if (evicted !== undefined) this.drop(evicted, 'buffer_full');
     this.schedule(0);
   }
 
   private drop(entry: HubEntry, reason: 'buffer_full' | 'rejected', err?: string): void {
+    this.dropped(entry.event.id, entry.event.type, reason, err);
+  }
+
+  private dropped(eventId: string, type: string, reason: 'buffer_full' | 'rejected', err?: string): void {
     this.droppedCount++;
     this.metrics?.dropped.inc({ reason });
     // At the ingest rate while Redis is down: the first drop and then every 1000th.
     if (reason === 'rejected' || this.droppedCount === 1 || this.droppedCount % 1000 === 0) {
-      this.log?.warn({ eventId: entry.event.id, type: entry.event.type, reason, err, dropped: this.droppedCount }, 'event stream: event dropped');
+      this.log?.warn({ eventId, type, reason, err, dropped: this.droppedCount }, 'event stream: event dropped');
     }
   }
 

@@ -1,11 +1,16 @@
 /**
  * The TelemetryStore contract on a real redis-server (one per file, a fresh key prefix per test),
  * plus: an awaited append is readable by another gateway at once, appends from clocks that
- * disagree are all kept, and a device's history expires as a whole after retentionMs idle.
+ * disagree are all kept, a device's history expires as a whole after retentionMs idle, and with an
+ * event outbox each stored record's CloudEvent is written with it (and only then).
  */
 import { after, describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RedisKeys, RedisTelemetryStore } from '../../src/stores/redis/index.js';
+import type { TelemetryEventOutbox } from '../../src/stores/redis/telemetry.js';
+import type { TelemetryRecord } from '../../src/core/model.js';
+import { toCloudEvent } from '../../src/core/cloudevents.js';
+import { eventFromFields, streamFields } from '../../src/upstream/redis-stream.js';
 import { connect, redisForFile } from './redis-harness.js';
 import { record, telemetryStoreContract } from './telemetry-store.js';
 
@@ -90,6 +95,64 @@ if (env) {
       await shared.client.script('FLUSH');
       await Promise.all([s.append(record('dev-6', now + 1, { i: 1 })), s.append(record('dev-6', now + 2, { i: 2 }))]);
       assert.deepEqual((await s.history('dev-6', { limit: 10 })).map((r) => r.data.i), [0, 1, 2]);
+    });
+
+    describe('with an event outbox (the event stream writer hands it over)', () => {
+      const outbox = (key: string) => {
+        const seen = { written: 0, refused: [] as { eventId: string; err: string }[] };
+        const box: TelemetryEventOutbox = {
+          key,
+          maxLen: 1000,
+          written: (count) => (seen.written += count),
+          refused: (eventId, err) => seen.refused.push({ eventId, err }),
+        };
+        return { box, seen };
+      };
+
+      it('writes the event of each stored record in the same call: the CloudEvent SSE shows, its data the stored JSON', async () => {
+        const s = new RedisTelemetryStore(shared.client, new RedisKeys(`x${++n}:`), retention);
+        const eventsKey = `x${n}:events`;
+        const { box, seen } = outbox(eventsKey);
+        s.writeEventsTo(box);
+        const now = Date.now();
+        const records = [record('ev-1', now, { i: 0 }), record('ev-2', now + 1, { i: 1 }), record('ev-1', now + 2, { i: 2 })];
+        const json = await Promise.all(records.map((r) => s.append(r)));
+        const entries = await shared.client.xrange(eventsKey, '-', '+');
+        assert.equal(entries.length, 3);
+        entries.forEach(([, fields], i) => {
+          const r = records[i] as TelemetryRecord;
+          assert.deepEqual(fields, streamFields(toCloudEvent('iotgate.telemetry', r.deviceId, r)));
+          assert.equal(fields[fields.length - 1], json[i]);
+        });
+        assert.equal(seen.written, 3);
+        assert.deepEqual(seen.refused, []);
+      });
+
+      it('a record not stored has no event; a refused event leaves its record stored and is reported', async () => {
+        const keys = new RedisKeys(`x${++n}:`);
+        const s = new RedisTelemetryStore(shared.client, keys, retention);
+        const eventsKey = `x${n}:events`;
+        const { box, seen } = outbox(eventsKey);
+        s.writeEventsTo(box);
+        await shared.client.set(keys.telemetry('broken'), 'not a stream');
+        const now = Date.now();
+        const [good, bad] = await Promise.allSettled([s.append(record('ok-1', now, { i: 1 })), s.append(record('broken', now, { i: 2 }))]);
+        assert.equal(good.status, 'fulfilled');
+        assert.equal(bad.status, 'rejected');
+        const events = (await shared.client.xrange(eventsKey, '-', '+')).map(([, f]) => eventFromFields(f));
+        assert.deepEqual(events.map((e) => e.subject), ['ok-1']);
+
+        // The event stream's key holds something else: records are still stored, events reported.
+        await shared.client.del(eventsKey);
+        await shared.client.set(eventsKey, 'not a stream');
+        const r = record('ok-2', now + 1, { i: 3 });
+        await s.append(r);
+        assert.deepEqual((await s.latest('ok-2'))?.data, { i: 3 });
+        assert.equal(seen.refused.length, 1);
+        assert.equal(seen.refused[0]?.eventId, r.id);
+        assert.match(seen.refused[0]?.err ?? '', /WRONGTYPE/);
+        assert.equal(seen.written, 1);
+      });
     });
 
     it('keeps numbers and strings of the data exactly', async () => {

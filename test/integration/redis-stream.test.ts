@@ -12,6 +12,7 @@ import { build, type Teardown } from '../helpers/gateway.js';
 import { deviceLogin, openSession, registerDevice, tcpUrl, withDeadline } from '../helpers/mqtt.js';
 import { redisOn, stack, type TestRedis } from '../helpers/redis.js';
 import { openEvents } from '../helpers/sse.js';
+import { metric } from '../helpers/http.js';
 import { requireTool } from '../helpers/tools.js';
 
 
@@ -61,6 +62,8 @@ test('a consumer group reads every event of a device (connect, telemetry, shadow
     const fromStream = mine.filter((r) => r.event.type === type).map((r) => r.event);
     assert.deepEqual(fromStream, fromSse, `${type}: the stream entries are the CloudEvents SSE showed (ids included)`);
   }
+  // The telemetry event was written by the telemetry store with its record, and is counted too.
+  assert.ok((await metric(gw, 'iotgate_event_stream_written_total')) >= mine.length, 'every event written is counted');
   // Fields as documented (docs/operations.md): the CloudEvents attributes, data as JSON text.
   const raw = (await reader.xrange(EVENT_STREAM_KEY, '-', '+')).find(([, f]) => f.includes('iotgate.telemetry'));
   assert.deepEqual(
