@@ -79,6 +79,34 @@ describe('batchWrites', () => {
     assert.equal(writes.length, 2);
   });
 
+  it('several connections of one turn: each sends its packets in one write', async () => {
+    const sinks = [recordingSink(), recordingSink(), recordingSink()];
+    for (const { stream } of sinks) batchWrites(stream as unknown as Duplex);
+    await new Promise<void>((resolve) => {
+      for (let id = 1; id <= 12; id++) {
+        setImmediate(() => {
+          mqttPacket.writeToStream(puback(id), (sinks[id % 3] as { stream: Writable }).stream);
+          if (id === 12) resolve();
+        });
+      }
+    });
+    await turn();
+    for (const { writes } of sinks) {
+      assert.equal(writes.length, 1);
+      assert.equal(decode(Buffer.concat(writes[0] as Buffer[])).length, 4);
+    }
+  });
+
+  it('leaves a stream with its own cork alone', async () => {
+    const { stream, writes } = recordingSink();
+    const own = () => undefined;
+    stream.cork = own;
+    batchWrites(stream as unknown as Duplex);
+    assert.equal(stream.cork, own);
+    mqttPacket.writeToStream(puback(1), stream);
+    assert.ok(writes.length >= 1, 'written at once: nothing held');
+  });
+
   it('releases early once 8 KiB are held, and never reports back-pressure for held bytes', async () => {
     const { stream, writes } = recordingSink();
     batchWrites(stream as unknown as Duplex);
