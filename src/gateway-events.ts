@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Config } from './config/schema.js';
 import type { EventHub } from './core/event-hub.js';
+import type { TelemetryStore } from './core/ports.js';
 import { LocalEventLog, type EventLog } from './core/event-log.js';
 import type { RedisStores } from './stores/redis/index.js';
 import { RedisEventLog } from './upstream/redis-event-log.js';
@@ -22,13 +23,15 @@ export interface EventOutputs {
   close(): Promise<void>;
 }
 
-export function eventOutputs(config: Config, hub: EventHub, redis: RedisStores | null, log: Logger, metrics: Registry): EventOutputs {
+/** `telemetryStore`: the store the gateway ingests into (the Redis one writes the telemetry events itself, below). */
+export function eventOutputs(config: Config, hub: EventHub, redis: RedisStores | null, telemetryStore: TelemetryStore, log: Logger, metrics: Registry): EventOutputs {
   const webhooks = new WebhookDispatcher({ hub, upstreams: config.upstreams, log: log.child({ module: 'webhooks' }), metrics });
   const url = config.redis.url;
   const stream =
     url === undefined ? null : new RedisEventStream({ hub, url, maxLen: config.events.streamMaxLen, log: log.child({ module: 'event-stream' }), metrics });
-  // The telemetry store writes the telemetry events with their records (one script call, one copy of the data).
-  if (stream !== null && redis !== null) redis.telemetry.writeEventsTo(stream.telemetryOutbox());
+  // The Redis telemetry store writes the telemetry events with their records (one script call, one
+  // copy of the data); only when it is the store in use, or its records' events would be skipped.
+  if (stream !== null && redis !== null && telemetryStore === redis.telemetry) redis.telemetry.writeEventsTo(stream.telemetryOutbox());
   const eventLog: EventLog =
     redis === null || url === undefined
       ? new LocalEventLog(hub)

@@ -111,8 +111,8 @@ export async function buildGateway(config: Config, deps: GatewayDeps = {}): Prom
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics });
   const routes = new RouteService({ routes: config.routes, redisUrl: config.redis.url, log: log.child({ module: 'routes' }), registry: metrics });
-  const { webhooks, eventLog, ...outputs } = eventOutputs(config, events, redis, log, metrics);
   const telemetryStore = stores.telemetry;
+  const { webhooks, eventLog, ...outputs } = eventOutputs(config, events, redis, telemetryStore, log, metrics);
   const telemetry = new TelemetryService({
     decoderFor: (type) => schemas.get(type),
     store: telemetryStore,

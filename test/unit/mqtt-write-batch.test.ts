@@ -137,6 +137,35 @@ describe('batchWrites', () => {
     assert.equal(decode(Buffer.concat(writes.flat())).length, 1);
   });
 
+  it('destroy() sends what is held first (aedes destroys from a promise callback when a store fails)', async () => {
+    const server = createServer((socket: Socket) => {
+      batchWrites(socket);
+      socket.once('data', () => {
+        mqttPacket.writeToStream(puback(7), socket);
+        void Promise.resolve().then(() => socket.destroy(new Error('the next message failed')));
+      });
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const client = netConnect((server.address() as AddressInfo).port, '127.0.0.1', () => client.write('x'));
+      const chunks: Buffer[] = [];
+      client.on('data', (c: Buffer) => chunks.push(c));
+      client.on('error', () => undefined);
+      await new Promise<void>((resolve) => client.on('close', () => resolve()));
+      const packets = decode(Buffer.concat(chunks));
+      assert.deepEqual(packets.map((p) => [p.cmd, (p as { messageId?: number }).messageId]), [['puback', 7]]);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('leaves a stream that cannot write several chunks at once (no _writev) alone', () => {
+    const stream = new Writable({ write: (_c, _e, cb) => cb() });
+    batchWrites(stream as unknown as Duplex);
+    assert.equal(stream.cork, Writable.prototype.cork);
+  });
+
   it('a CONNACK written before a close in the next setImmediate reaches the client (aedes refusing a login)', async () => {
     const server = createServer((socket: Socket) => {
       batchWrites(socket);
